@@ -1,0 +1,3 @@
+from tracklayerd.cli import main
+
+main()

@@ -1,0 +1,140 @@
+"""Composition root: wires config, store, ingest, processor and web. No business logic."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from tracklayerd import sdnotify
+from tracklayerd.config import Config, HttpApiSource
+from tracklayerd.ingest.common import ClientAddress, json_response
+from tracklayerd.ingest.http_api import NativeIngest
+from tracklayerd.processor import Processor
+from tracklayerd.store import create_store
+from tracklayerd.store.base import Store
+from tracklayerd.web.health import healthz, readyz_handler
+
+log = logging.getLogger("tracklayerd")
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+PROCESSOR = web.AppKey("processor", Processor)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error is a short JSON answer; never a traceback to the sender."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_response(
+            exc.status, {"success": False, "error": exc.reason.lower().replace(" ", "_"),
+                         "message": exc.text or exc.reason},
+            headers={k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")},
+        )
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return json_response(500, {"success": False, "error": "internal",
+                                   "message": "internal error; retry later"})
+
+
+def create_app(config: Config, data_dir: Path, *, start_processor: bool = True) -> web.Application:
+    max_request = max([s.max_request_bytes for s in config.sources.values()], default=1 << 20)
+    app = web.Application(middlewares=[error_middleware], client_max_size=max_request)
+    app[CONFIG] = config
+    store = create_store(config.storage, data_dir)
+    processor = Processor(store, config.destinations)
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
+        app[STORE] = store
+        yield
+        await store.close()
+
+    async def processor_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[PROCESSOR] = processor
+        if start_processor:
+            processor.start()
+        yield
+        await processor.stop()
+
+    app.cleanup_ctx.extend([store_ctx, processor_ctx])
+
+    client_address = ClientAddress(config.server.trusted_proxies)
+    native_sources = {
+        sid: src for sid, src in config.sources.items() if isinstance(src, HttpApiSource)
+    }
+    if native_sources:
+        native = NativeIngest(
+            native_sources, store,
+            commit_timeout_secs=config.storage.commit_timeout_secs,
+            client_address=client_address,
+        )
+        app.router.add_post("/v1/events", native.handle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz_handler(store))
+    return app
+
+
+async def serve(
+    config: Config, host: str, port: int, data_dir: Path,
+    on_listening: Callable[[str, int], None] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT, then stop accepting, finish in-flight work and return."""
+    app = create_app(config, data_dir)
+    grace = config.server.shutdown_grace_secs
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=grace)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024, shutdown_timeout=grace)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        log.info("listening on http://%s:%d (data in %s)", _fmt_host(bound_host), bound_port,
+                 data_dir)
+        if on_listening is not None:
+            on_listening(bound_host, bound_port)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        sdnotify.notify("READY=1")
+        watchdog = _start_watchdog(app)
+        await stop.wait()
+        log.info("stopping: no new connections; finishing in-flight requests and commits")
+        sdnotify.notify("STOPPING=1")
+        if watchdog is not None:
+            watchdog.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    finally:
+        await runner.cleanup()
+    log.info("stopped cleanly")
+
+
+def _start_watchdog(app: web.Application) -> asyncio.Task[None] | None:
+    interval = sdnotify.watchdog_interval()
+    if interval is None:
+        return None
+
+    async def ping() -> None:
+        while True:
+            # Only a healthy writer earns a ping; otherwise systemd restarts us.
+            if app[STORE].healthy():
+                sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    return asyncio.create_task(ping(), name="tracklayerd-watchdog")
+
+
+def _fmt_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,141 @@
+"""The command line: thin. Health is an exit code; user errors are one message, no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from tracklayerd import __version__
+from tracklayerd.config import (
+    DEFAULT_DATA_DIR,
+    Config,
+    check_bind_safety,
+    default_config,
+    load_config,
+    parse_listen,
+    redacted,
+)
+from tracklayerd.errors import ConfigError, TracklayerdError
+
+log = logging.getLogger("tracklayerd")
+
+UNAUTHENTICATED_BANNER = """\
+*************************************************************************
+* tracklayerd is running as a LOCAL DEV MIRROR with NO AUTHENTICATION:   *
+* any token is accepted on %-44s *
+* Give it a config with tokens before exposing it (docs/configuration.md) *
+*************************************************************************"""
+
+
+def run_async(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
+        asyncio.run(coro)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)
+
+
+def _data_dir(option: str | None) -> Path:
+    if option:
+        return Path(option)
+    state = os.environ.get("STATE_DIRECTORY")  # systemd StateDirectory=
+    if state:
+        return Path(state.split(":")[0])
+    return Path(DEFAULT_DATA_DIR)
+
+
+def _load(config_path: str | None) -> Config:
+    if config_path is None:
+        return default_config()
+    return load_config(config_path)
+
+
+@click.group(invoke_without_command=True)
+@click.version_option(__version__, "--version", prog_name="tracklayerd")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", envvar="TRACKLAYERD_LOG_LEVEL", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              envvar="TRACKLAYERD_LOG_FORMAT", show_default=True)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
+    """tracklayerd: the self-hosted delivery layer for conversion events."""
+    from tracklayerd.logs import setup_logging
+
+    setup_logging(log_level, log_format)
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(serve)
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              envvar="TRACKLAYERD_CONFIG", help="TOML config file (none: local dev mirror).")
+@click.option("--listen", help="HOST:PORT to listen on (overrides [server] listen).")
+@click.option("--data-dir", envvar="TRACKLAYERD_DATA_DIR", type=click.Path(file_okay=False),
+              help="Where relative storage paths live [default: $STATE_DIRECTORY or "
+                   "./tracklayerd-data].")
+def serve(config_path: str | None = None, listen: str | None = None,
+          data_dir: str | None = None) -> None:
+    """Run the ingest server, processor and delivery in one process."""
+    from tracklayerd.app import serve as serve_app
+
+    try:
+        config = _load(config_path)
+        host, port = parse_listen(listen or config.server.listen, "--listen")
+        check_bind_safety(config, host)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    directory = _data_dir(data_dir)
+    if config.unauthenticated_sources():
+        shown = f"{host}:{port}" if config.embedded_default else ", ".join(
+            config.unauthenticated_sources())
+        for line in UNAUTHENTICATED_BANNER.splitlines():
+            log.warning(line.replace("%-44s", f"{shown:<44}"))
+    try:
+        run_async(serve_app(config, host, port, directory))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    except TracklayerdError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
+              envvar="TRACKLAYERD_CONFIG")
+@click.option("--show", is_flag=True, help="Print the effective config (secrets redacted).")
+def check(config_path: str, show: bool) -> None:
+    """Validate a config file; exit status 0 when it is valid."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if show:
+        click.echo(msgspec.json.format(msgspec.json.encode(redacted(config))).decode())
+    click.echo(
+        f"{config_path}: ok ({len(config.sources)} source(s), "
+        f"{len(config.destinations)} destination(s))"
+    )
+    for source_id in config.unauthenticated_sources():
+        click.echo(f"warning: source {source_id} has no credentials (loopback only)", err=True)
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"tracklayerd {__version__}")
+
+
+def main() -> None:
+    try:
+        cli(prog_name="tracklayerd")
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)

@@ -1,0 +1,258 @@
+"""Strict TOML configuration, decoded once into msgspec Structs.
+
+Unknown keys are errors naming their path; secrets resolve at load time and are redacted
+everywhere; components are tagged by ``type``. The names here are tracklayerd's public
+interface: rename nothing, add freely. Every option is documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from tracklayerd.errors import ConfigError
+from tracklayerd.secrets import Secrets, enc_hook, make_dec_hook
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_LISTEN = "127.0.0.1:8787"
+DEFAULT_DATA_DIR = "tracklayerd-data"
+T = TypeVar("T")
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Strict):
+    listen: str = DEFAULT_LISTEN
+    # Peers whose X-Forwarded-For is believed (IPs or CIDRs of your reverse proxies).
+    trusted_proxies: list[str] = []
+    # How long in-flight requests may take to finish after SIGTERM.
+    shutdown_grace_secs: float = 10.0
+
+
+class StorageConfig(_Strict):
+    # Relative paths resolve against the data dir (--data-dir, $TRACKLAYERD_DATA_DIR,
+    # systemd's $STATE_DIRECTORY, else ./tracklayerd-data).
+    path: str = "tracklayerd.sqlite3"
+    # "full" fsyncs the WAL at every commit: a 200 survives power loss. "normal" survives a
+    # process crash only. Group commit makes "full" cheap (see docs/operations.md).
+    synchronous: Literal["full", "normal"] = "full"
+    busy_timeout_ms: int = msgspec.field(default=5000)
+    # A request waits at most this long for its commit, then gets 503 + Retry-After.
+    commit_timeout_secs: float = 5.0
+    # Events queued for the writer beyond this answer 503 + Retry-After (backpressure).
+    max_pending_events: int = 50_000
+    # The WAL is checkpointed in the background (never inside a request's COMMIT) after this
+    # many written rows, or 1 s after the last write, whichever comes first.
+    checkpoint_rows: int = 10_000
+    # Cap on the database size; beyond it writes fail and senders get 503 (None: no cap).
+    max_db_bytes: int | None = None
+
+
+class _SourceBase(_Strict, tag_field="type"):
+    max_event_bytes: int = 32 * 1024
+    max_request_bytes: int = 500 * 1024
+    max_batch_events: int = 2500
+
+
+class HttpApiSource(_SourceBase, tag="http_api"):
+    """The native ingest API (`POST /v1/events`), authenticated by a bearer token."""
+
+    # One token, or a list during a rotation. Absent: unauthenticated (loopback only).
+    token: Secrets | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.token is not None
+
+
+Source = HttpApiSource
+SOURCE_TYPES: dict[str, type[Source]] = {"http_api": HttpApiSource}
+
+
+class DestinationConfig(_Strict):
+    """Fields every destination has; a destination type subclasses it with its own."""
+
+    type: str
+    mode: Literal["live", "observe", "off"] = "live"
+    # Overrides the platform URL (tests, proxies, regional endpoints).
+    endpoint: str | None = None
+
+
+class Config(_Strict):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    sources: dict[str, Source] = {}
+    destinations: dict[str, DestinationConfig] = {}
+    # True only for the built-in dev mirror used when no config is given.
+    embedded_default: bool = False
+
+    def unauthenticated_sources(self) -> list[str]:
+        return [sid for sid, src in self.sources.items() if not src.authenticated]
+
+
+def _format_validation_error(exc: msgspec.ValidationError, prefix: str = "") -> str:
+    message = str(exc)
+    path = ""
+    match = re.search(r" - at `\$(.*)`$", message)
+    if match:
+        path = match.group(1).lstrip(".")
+        message = message[: match.start()]
+    unknown = re.match(r"Object contains unknown field `(.+)`$", message)
+    if unknown:
+        path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+        message = "unknown key"
+    missing = re.match(r"Object missing required field `(.+)`$", message)
+    if missing:
+        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+        message = "required key is missing"
+    full = ".".join(p for p in (prefix, path) if p)
+    full = re.sub(r"\[(\d+)\]", r"[\1]", full)
+    return f"{full}: {message}" if full else message
+
+
+def parse_config(data: dict[str, Any], base_dir: Path) -> Config:
+    """Validate a TOML document (already parsed) into a Config, or raise ConfigError."""
+    from tracklayerd.destinations.registry import destination_config_type
+
+    dec_hook = make_dec_hook(base_dir)
+    data = dict(data)
+    raw_sources = data.pop("sources", {})
+    raw_destinations = data.pop("destinations", {})
+    if "embedded_default" in data:
+        raise ConfigError("embedded_default: unknown key")
+    try:
+        config = msgspec.convert(data, Config, strict=True, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    config.sources = _convert_components("sources", raw_sources, _source_type, dec_hook)
+    config.destinations = _convert_components(
+        "destinations", raw_destinations, destination_config_type, dec_hook
+    )
+    _check_values(config)
+    return config
+
+
+def _source_type(type_name: str) -> type[Source] | None:
+    return SOURCE_TYPES.get(type_name)
+
+
+def _convert_components(
+    section: str,
+    raw: Any,
+    type_for: Callable[[str], type[T] | None],
+    dec_hook: Callable[[type, Any], Any],
+) -> dict[str, T]:
+    """Decode each `[section.<id>]` table by its `type`, with errors naming the full path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section}: expected a table")
+    result: dict[str, T] = {}
+    for component_id, table in raw.items():
+        where = f"{section}.{component_id}"
+        if not ID_PATTERN.match(component_id):
+            raise ConfigError(f"{where}: ids are 1-64 letters, digits, '_', '-' or '.'")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table")
+        type_name = table.get("type")
+        if not isinstance(type_name, str):
+            raise ConfigError(f"{where}.type: required key is missing")
+        cls = type_for(type_name)
+        if cls is None:
+            raise ConfigError(f"{where}.type: unknown {section[:-1]} type {type_name!r}")
+        try:
+            result[component_id] = msgspec.convert(table, cls, strict=True, dec_hook=dec_hook)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc, where)) from None
+    return result
+
+
+def _check_values(config: Config) -> None:
+    parse_listen(config.server.listen, "server.listen")
+    for i, proxy in enumerate(config.server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies[{i}]: {proxy!r} is not an IP address or CIDR"
+            ) from None
+    positive = {
+        "storage.busy_timeout_ms": config.storage.busy_timeout_ms,
+        "storage.commit_timeout_secs": config.storage.commit_timeout_secs,
+        "storage.max_pending_events": config.storage.max_pending_events,
+        "storage.checkpoint_rows": config.storage.checkpoint_rows,
+        "storage.max_db_bytes": config.storage.max_db_bytes or 1,
+    }
+    for sid, src in config.sources.items():
+        positive[f"sources.{sid}.max_event_bytes"] = src.max_event_bytes
+        positive[f"sources.{sid}.max_request_bytes"] = src.max_request_bytes
+        positive[f"sources.{sid}.max_batch_events"] = src.max_batch_events
+    for where, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{where}: must be greater than 0")
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        return parse_config(data, path.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def default_config() -> Config:
+    """The dev mirror used when no config is given: loopback, no authentication."""
+    return Config(sources={"default": HttpApiSource()}, embedded_default=True)
+
+
+def parse_listen(value: str, where: str = "listen") -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 picks a free port."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", value)
+    if not match:
+        raise ConfigError(f"{where}: expected HOST:PORT (or [IPv6]:PORT), got {value!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ConfigError(f"{where}: port {port} is out of range")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind_safety(config: Config, host: str) -> None:
+    """Refuse to expose unauthenticated sources beyond this machine."""
+    open_sources = config.unauthenticated_sources()
+    if open_sources and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host}: source(s) {', '.join(open_sources)} accept events "
+            "without credentials; set a token / write_key for each source, or listen on 127.0.0.1"
+        )
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The config as a plain dict with every secret redacted (for `check` and `/-/config`)."""
+    result: dict[str, Any] = msgspec.to_builtins(config, enc_hook=enc_hook)
+    return result

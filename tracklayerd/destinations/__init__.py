@@ -1,0 +1,1 @@
+"""Destinations: one module per platform behind one interface, found through the registry."""

@@ -1,0 +1,121 @@
+"""What every ingest endpoint shares: bodies within limits, durable append, answers, client IP."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from tracklayerd.errors import StoreUnavailable
+from tracklayerd.store.base import InboxRow, Store
+
+log = logging.getLogger("tracklayerd.ingest")
+
+RETRY_AFTER_SECS = "1"
+_encode = msgspec.json.encode
+
+
+def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=_encode(payload), content_type="application/json", headers=headers
+    )
+
+
+class TooLarge(Exception):
+    """The request is over a configured limit (413)."""
+
+
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The body, refusing (TooLarge) anything over max_bytes.
+
+    The application's client_max_size bounds what aiohttp buffers for a chunked body.
+    """
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise TooLarge(f"request body is {request.content_length} bytes; the limit is {max_bytes}")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge(f"request body is over the limit of {max_bytes} bytes") from None
+    if len(body) > max_bytes:
+        raise TooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
+    return body
+
+
+async def append_durably(
+    store: Store, rows: Sequence[InboxRow], timeout_secs: float
+) -> int:
+    """Append rows and wait for their COMMIT. StoreUnavailable means: answer 503, retry later.
+
+    After a timeout the rows may still commit; the sender's retry is then deduplicated by
+    (source, message_id), so a 503 never causes a duplicate and a 200 is never premature.
+    """
+    try:
+        async with asyncio.timeout(timeout_secs):
+            return await store.append_inbox(rows)
+    except TimeoutError:
+        raise StoreUnavailable(f"commit did not finish within {timeout_secs:g} s") from None
+
+
+def unavailable(exc: StoreUnavailable, body: Any) -> web.Response:
+    log.warning("ingest refused (503, sender will retry): %s", exc)
+    return json_response(503, body, headers={"Retry-After": RETRY_AFTER_SECS})
+
+
+class ClientAddress:
+    """The sender's IP: the peer, or X-Forwarded-For when the peer is a trusted proxy."""
+
+    def __init__(self, trusted_proxies: Sequence[str]) -> None:
+        self._trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._trusted)
+
+    def __call__(self, request: web.Request) -> str | None:
+        peer = request.remote
+        if not self._trusted or peer is None or not self._is_trusted(peer):
+            return peer
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        # Walk from the right: the first address not of our own proxies is the client.
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._is_trusted(hop):
+                return hop if _looks_like_ip(hop) else peer
+        return hops[0] if hops and _looks_like_ip(hops[0]) else peer
+
+
+def _looks_like_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+_AT_PATH = re.compile(r" - at `\$(.*)`$")
+
+
+def validation_problem(exc: msgspec.MsgspecError, prefix: str = "$") -> tuple[str, str]:
+    """(path, message) from a msgspec error, the path rooted at `prefix` (e.g. `$.events[3]`)."""
+    message = str(exc)
+    match = _AT_PATH.search(message)
+    path = prefix
+    if match:
+        path = prefix + match.group(1)
+        message = message[: match.start()]
+    unknown = re.match(r"Object contains unknown field `(.+)`$", message)
+    if unknown:
+        return f"{path}.{unknown.group(1)}", "unknown field"
+    missing = re.match(r"Object missing required field `(.+)`$", message)
+    if missing:
+        return f"{path}.{missing.group(1)}", "required field is missing"
+    return path, message

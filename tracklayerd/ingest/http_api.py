@@ -1,0 +1,220 @@
+"""The native ingest API: ``POST /v1/events`` with one event or ``{"events": [...]}``.
+
+Answers (docs/api.md):
+
+* 200 ``{"success": true, "accepted": n, "duplicates": d}`` once every accepted event is
+  committed. A retried event (same ``event_id``) is stored once and still counted as accepted.
+* Partial batches: the valid events are committed and the invalid ones are listed under
+  ``"rejected"`` with their index, JSON path and problem; the status is 200 if at least one
+  event was valid, else 400. Limits apply to the whole request: any breach is 413.
+* 400 for a body that can never be valid, 401 for a missing or wrong token,
+  503 + Retry-After when the store cannot commit (the sender should retry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from tracklayerd.config import HttpApiSource
+from tracklayerd.errors import StoreUnavailable
+from tracklayerd.events import NativeEvent, derived_event_id, native_decoder
+from tracklayerd.ingest.common import (
+    ClientAddress,
+    TooLarge,
+    append_durably,
+    json_response,
+    read_body,
+    unavailable,
+    validation_problem,
+)
+from tracklayerd.store.base import InboxRow, Store
+
+KIND = "native"
+
+
+class _Probe(msgspec.Struct):
+    """Tells a batch from a single event without decoding the events."""
+
+    events: list[msgspec.Raw] | None = None
+
+
+_probe_decoder = msgspec.json.Decoder(_Probe)
+
+
+class TokenAuth:
+    """Finds the http_api source a bearer token belongs to.
+
+    Tokens are compared by their SHA-256 digest, so lookup time says nothing about the token.
+    A source without a token (the dev mirror) takes requests that match no other source.
+    """
+
+    def __init__(self, sources: dict[str, HttpApiSource]) -> None:
+        self._by_digest: dict[bytes, str] = {}
+        self._open: str | None = None
+        for source_id, source in sources.items():
+            if source.token is None:
+                self._open = source_id
+                continue
+            for secret in source.token:
+                self._by_digest[_digest(secret.reveal())] = source_id
+
+    def source_for(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            found = self._by_digest.get(_digest(token.strip()))
+            if found is not None:
+                return found
+        return self._open
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class NativeIngest:
+    def __init__(
+        self,
+        sources: dict[str, HttpApiSource],
+        store: Store,
+        *,
+        commit_timeout_secs: float,
+        client_address: ClientAddress,
+    ) -> None:
+        self._sources = sources
+        self._auth = TokenAuth(sources)
+        self._store = store
+        self._timeout = commit_timeout_secs
+        self._client_address = client_address
+
+    async def handle(self, request: web.Request) -> web.Response:
+        source_id = self._auth.source_for(request)
+        if source_id is None:
+            return _error(401, "unauthorized", "missing or unknown bearer token")
+        source = self._sources[source_id]
+        received_at = time.time()
+        try:
+            body = await read_body(request, source.max_request_bytes)
+        except TooLarge as exc:
+            return _error(413, "too_large", str(exc))
+        try:
+            probe = _probe_decoder.decode(body)
+        except msgspec.ValidationError:
+            # Valid JSON but not an object with an "events" list: let the event decoder say why.
+            probe = _Probe()
+        except msgspec.DecodeError as exc:
+            return await self._reject(source_id, body, "malformed_json", f"malformed JSON: {exc}")
+
+        if probe.events is None:
+            return await self._single(source_id, source, body, received_at, request)
+        return await self._batch(source_id, source, probe.events, received_at, request)
+
+    async def _single(
+        self, source_id: str, source: HttpApiSource, body: bytes, received_at: float,
+        request: web.Request,
+    ) -> web.Response:
+        if len(body) > source.max_event_bytes:
+            return _error(
+                413, "too_large",
+                f"event is {len(body)} bytes; the limit is {source.max_event_bytes}",
+            )
+        try:
+            event = native_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            path, message = validation_problem(exc)
+            return await self._reject(source_id, body, "invalid_event", message, path=path)
+        row = self._row(source_id, event, body, received_at, request)
+        return await self._commit([row], rejected=[])
+
+    async def _batch(
+        self, source_id: str, source: HttpApiSource, raws: list[msgspec.Raw],
+        received_at: float, request: web.Request,
+    ) -> web.Response:
+        if not raws:
+            return _error(400, "invalid_request", "events is empty", path="$.events")
+        if len(raws) > source.max_batch_events:
+            return _error(
+                413, "too_large",
+                f"batch has {len(raws)} events; the limit is {source.max_batch_events}",
+            )
+        for index, raw in enumerate(raws):
+            if len(raw) > source.max_event_bytes:
+                return _error(
+                    413, "too_large",
+                    f"event is {len(raw)} bytes; the limit is {source.max_event_bytes}",
+                    path=f"$.events[{index}]",
+                )
+        rows: list[InboxRow] = []
+        rejected: list[dict[str, Any]] = []
+        for index, raw in enumerate(raws):
+            raw_bytes = bytes(raw)
+            try:
+                event = native_decoder.decode(raw_bytes)
+            except msgspec.ValidationError as exc:
+                path, message = validation_problem(exc, f"$.events[{index}]")
+                rejected.append({"index": index, "path": path, "message": message})
+                continue
+            rows.append(self._row(source_id, event, raw_bytes, received_at, request))
+        if rejected:
+            sample = b"; ".join(f"{r['path']}: {r['message']}".encode() for r in rejected[:5])
+            reason = f"{len(rejected)} invalid event(s) in a batch"
+            await self._note_reject(source_id, reason, sample)
+        if not rows:
+            return json_response(
+                400,
+                {"success": False, "error": "invalid_request",
+                 "message": "no valid events in the batch", "rejected": rejected},
+            )
+        return await self._commit(rows, rejected)
+
+    def _row(
+        self, source_id: str, event: NativeEvent, raw: bytes, received_at: float,
+        request: web.Request,
+    ) -> InboxRow:
+        return InboxRow(
+            source=source_id,
+            message_id=event.event_id or derived_event_id(raw),
+            kind=KIND,
+            received_at=received_at,
+            payload=raw,
+            request_ip=self._client_address(request),
+        )
+
+    async def _commit(self, rows: list[InboxRow], rejected: list[dict[str, Any]]) -> web.Response:
+        try:
+            inserted = await append_durably(self._store, rows, self._timeout)
+        except StoreUnavailable as exc:
+            return unavailable(
+                exc, {"success": False, "error": "unavailable", "message": "retry later"}
+            )
+        answer: dict[str, Any] = {
+            "success": True, "accepted": len(rows), "duplicates": len(rows) - inserted,
+        }
+        if rejected:
+            answer["rejected"] = rejected
+        return json_response(200, answer)
+
+    async def _reject(
+        self, source_id: str, body: bytes, code: str, message: str, path: str | None = None
+    ) -> web.Response:
+        reason = f"{code}: {path}: {message}" if path else f"{code}: {message}"
+        await self._note_reject(source_id, reason, body)
+        return _error(400, code, message, path=path)
+
+    async def _note_reject(self, source_id: str, reason: str, sample: bytes) -> None:
+        # Best effort: the sender is told in the answer either way.
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.record_reject(source_id, reason, sample)
+
+
+def _error(status: int, code: str, message: str, path: str | None = None) -> web.Response:
+    payload: dict[str, Any] = {"success": False, "error": code, "message": message}
+    if path is not None:
+        payload["path"] = path
+    return json_response(status, payload)

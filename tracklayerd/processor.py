@@ -1,0 +1,120 @@
+"""The processor: inbox → pipeline → canonical events + one delivery row per destination.
+
+It reads the inbox in order from its cursor and writes each slice (events, deliveries and
+the new cursor position) in one transaction, so a crash repeats at most the slice in
+progress and the unique inbox_seq on events makes the repeat harmless. It sleeps until the
+store reports new inbox rows: no polling while idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+
+from tracklayerd.config import DestinationConfig
+from tracklayerd.errors import StoreUnavailable
+from tracklayerd.events import event_encoder
+from tracklayerd.pipeline.decode import Undecodable, decode
+from tracklayerd.store.base import DeliveryPlan, InboxRecord, ProcessedEvent, Store
+
+log = logging.getLogger("tracklayerd.processor")
+
+CURSOR = "processor"
+SLICE = 500
+RETRY_SECS = 1.0
+
+
+def process_record(
+    record: InboxRecord, destinations: Mapping[str, DestinationConfig]
+) -> ProcessedEvent:
+    """One inbox record → its canonical event and delivery plan. Pure."""
+    try:
+        event = decode(record)
+    except Undecodable as exc:
+        return ProcessedEvent(
+            inbox_seq=record.seq, source=record.source, event_id=record.message_id,
+            status="invalid", reason=str(exc), received_at=record.received_at,
+        )
+    plans = [
+        DeliveryPlan(destination=dest_id, status="pending")
+        for dest_id, dest in destinations.items()
+        if dest.mode != "off"
+    ]
+    return ProcessedEvent(
+        inbox_seq=record.seq,
+        source=record.source,
+        event_id=event.event_id,
+        status="accepted",
+        name=event.event,
+        occurred_at=event.timestamp.timestamp(),
+        received_at=record.received_at,
+        body=event_encoder.encode(event),
+        deliveries=plans,
+    )
+
+
+class Processor:
+    def __init__(self, store: Store, destinations: Mapping[str, DestinationConfig]) -> None:
+        self._store = store
+        self._destinations = destinations
+        self._wake = asyncio.Event()
+        self._position: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        store.on_inbox_append(self.wake)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def process_slice(self) -> int:
+        """Process up to SLICE inbox records; returns how many."""
+        if self._position is None:
+            self._position = await self._store.cursor(CURSOR)
+        records = await self._store.read_inbox(self._position, SLICE)
+        if not records:
+            return 0
+        results = []
+        for record in records:
+            try:
+                results.append(process_record(record, self._destinations))
+            except Exception as exc:  # a pipeline bug must not wedge the queue
+                log.exception("pipeline failed on inbox record %d", record.seq)
+                results.append(ProcessedEvent(
+                    inbox_seq=record.seq, source=record.source, event_id=record.message_id,
+                    status="invalid", reason=f"internal error: {type(exc).__name__}",
+                    received_at=record.received_at,
+                ))
+        await self._store.commit_processed(results, CURSOR, records[-1].seq)
+        self._position = records[-1].seq
+        return len(records)
+
+    async def run_until_idle(self) -> int:
+        """Process everything in the inbox now; returns the count (for tests and the CLI)."""
+        total = 0
+        while n := await self.process_slice():
+            total += n
+        return total
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                processed = await self.process_slice()
+            except StoreUnavailable as exc:
+                log.warning("processor paused: %s; retrying in %.0f s", exc, RETRY_SECS)
+                await asyncio.sleep(RETRY_SECS)
+                continue
+            if not processed:
+                await self._wake.wait()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="tracklayerd-processor")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None

@@ -1,0 +1,93 @@
+"""The store interface: everything outside ``tracklayerd.store`` talks to this, never to SQL.
+
+A PostgreSQL backend for multi-process deployments will implement the same Protocol, so
+nothing here may assume SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import msgspec
+
+
+class InboxRow(msgspec.Struct, kw_only=True):
+    """One accepted message, stored raw before any pipeline code runs."""
+
+    source: str
+    message_id: str
+    kind: str  # the decoder that reads payload ("native", "segment", ...)
+    received_at: float  # unix seconds
+    payload: bytes
+    request_ip: str | None = None
+
+
+class InboxRecord(InboxRow, kw_only=True):
+    seq: int
+
+
+class DeliveryPlan(msgspec.Struct):
+    destination: str
+    status: str  # initial state, normally "pending"
+    reason: str | None = None
+
+
+class ProcessedEvent(msgspec.Struct, kw_only=True):
+    """The processor's result for one inbox record, written atomically with its deliveries."""
+
+    inbox_seq: int
+    source: str
+    event_id: str
+    status: str  # accepted | dropped | invalid
+    received_at: float
+    name: str | None = None
+    reason: str | None = None
+    occurred_at: float | None = None
+    body: bytes | None = None
+    deliveries: list[DeliveryPlan] = []
+
+
+class StoredEvent(msgspec.Struct, kw_only=True):
+    id: int
+    inbox_seq: int
+    source: str
+    event_id: str
+    status: str
+    name: str | None
+    reason: str | None
+    body: bytes | None
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    def healthy(self) -> bool:
+        """False when the store can no longer write at all (e.g. its writer died)."""
+
+    def on_inbox_append(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) after a commit that added inbox rows."""
+
+    async def append_inbox(self, rows: Sequence[InboxRow]) -> int:
+        """Durably store rows; duplicates of (source, message_id) are ignored.
+
+        Returns how many were new. Raises StoreUnavailable when it cannot commit.
+        """
+
+    async def record_reject(self, source: str, reason: str, sample: bytes) -> None: ...
+    async def read_inbox(self, after_seq: int, limit: int) -> list[InboxRecord]: ...
+    async def cursor(self, name: str) -> int: ...
+
+    async def commit_processed(
+        self, events: Sequence[ProcessedEvent], cursor_name: str, position: int
+    ) -> None:
+        """Write events and their deliveries and advance the cursor, in one transaction."""
+
+    async def check_writable(self) -> None:
+        """Raise StoreUnavailable unless a write commits now."""
+
+    async def counts(self) -> dict[str, int]: ...
+    async def events_for(self, source: str, event_ids: Sequence[str]) -> list[StoredEvent]: ...
+    async def inbox_message_ids(self, source: str) -> list[str]: ...
+    async def deliveries_for(self, event_row: int) -> list[tuple[str, str]]: ...

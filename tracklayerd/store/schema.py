@@ -1,0 +1,103 @@
+"""SQLite schema: numbered migrations applied in order, tracked by ``PRAGMA user_version``.
+
+Append a migration; never edit one that has shipped. Each runs in the writer's transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: inbox (write-ahead queue), processor cursor, canonical events, deliveries, ingest rejects.
+    """
+    CREATE TABLE inbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a seq is never reused
+        source TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        kind TEXT NOT NULL,                     -- which decoder reads payload: native, segment, ...
+        received_at REAL NOT NULL,              -- unix seconds
+        request_ip TEXT,
+        payload BLOB NOT NULL,
+        UNIQUE (source, message_id)
+    );
+    CREATE TABLE cursors (
+        name TEXT PRIMARY KEY,
+        position INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        inbox_seq INTEGER NOT NULL UNIQUE,
+        source TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        name TEXT,
+        status TEXT NOT NULL,                   -- accepted | dropped | invalid
+        reason TEXT,
+        occurred_at REAL,
+        received_at REAL NOT NULL,
+        body BLOB
+    );
+    CREATE INDEX events_event_id ON events (event_id);
+    CREATE INDEX events_received_at ON events (received_at);
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        event_row INTEGER NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        destination TEXT NOT NULL,
+        status TEXT NOT NULL,                   -- pending | in_flight | delivered | retrying
+                                                -- | dead | suppressed | observed
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_until REAL,
+        last_reason TEXT,
+        updated_at REAL NOT NULL,
+        UNIQUE (event_row, destination)
+    );
+    CREATE INDEX deliveries_due ON deliveries (destination, status, next_attempt_at);
+    CREATE TABLE ingest_rejects (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        reason TEXT NOT NULL,
+        sample BLOB                             -- first bytes of the offending input
+    );
+    CREATE INDEX ingest_rejects_source ON ingest_rejects (source, received_at);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Bring the schema to SCHEMA_VERSION inside the caller's transaction.
+
+    Returns (from, to). Refuses a database written by a newer tracklayerd.
+    """
+    start = current_version(conn)
+    if start > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {start} is newer than this tracklayerd knows "
+            f"({SCHEMA_VERSION}); upgrade tracklayerd or restore a matching backup"
+        )
+    for number in range(start + 1, SCHEMA_VERSION + 1):
+        for statement in _statements(MIGRATIONS[number - 1]):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {number}")
+    return start, SCHEMA_VERSION
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT the surrounding transaction; split instead.
+    parts: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            parts.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        parts.append(buffer.strip())
+    return [p for p in parts if p]

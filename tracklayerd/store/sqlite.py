@@ -1,0 +1,315 @@
+"""The SQLite store: the only module with SQL (DDL lives in schema.py).
+
+PRAGMAs, set explicitly on every connection (docs/operations.md explains each):
+
+* ``journal_mode=WAL``: readers never block the writer and the writer never blocks readers.
+* ``synchronous=FULL`` (default) fsyncs the WAL at each COMMIT, so an acknowledged event
+  survives power loss; ``NORMAL`` survives a process crash only. Group commit amortises the
+  fsync over every request waiting in the group.
+* ``busy_timeout``: how long a write waits for a lock held by another process (a backup,
+  the CLI) before the request gets 503.
+* ``foreign_keys=ON``: deliveries go when their event goes.
+* ``wal_autocheckpoint`` is raised to a safety valve; checkpoints normally run on a separate
+  connection in the background, so WAL copying never stalls a request's COMMIT (the p99 trap
+  in reference/performance.md §4).
+* ``max_page_count`` from ``storage.max_db_bytes`` when set: a full store refuses writes
+  (503) instead of filling the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from tracklayerd.errors import StoreUnavailable
+from tracklayerd.store import schema
+from tracklayerd.store.base import (
+    InboxRecord,
+    InboxRow,
+    ProcessedEvent,
+    StoredEvent,
+)
+from tracklayerd.store.writer import Writer
+
+log = logging.getLogger("tracklayerd.store")
+
+SAFETY_AUTOCHECKPOINT_PAGES = 50_000
+CHECKPOINT_IDLE_SECS = 1.0
+REJECT_SAMPLE_BYTES = 2048
+INBOX_TAG = "inbox"
+
+
+class SQLiteStore:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "full",
+        busy_timeout_ms: int = 5000,
+        max_pending_rows: int = 50_000,
+        checkpoint_rows: int = 10_000,
+        max_db_bytes: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._synchronous = synchronous.upper()
+        self._busy_timeout_ms = busy_timeout_ms
+        self._max_pending_rows = max_pending_rows
+        self._checkpoint_rows = checkpoint_rows
+        self._max_db_bytes = max_db_bytes
+        self._writer: Writer | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._inbox_listeners: list[Callable[[], None]] = []
+        self._checkpoint_timer: asyncio.TimerHandle | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self._writer = Writer(
+            self._connect_writer, loop, max_pending_rows=self._max_pending_rows,
+            on_commit=self._after_commit,
+        )
+        self._writer.start()
+        await self._writer.wait_ready()
+        before, after = await self._writer.run(schema.migrate, rows=0)
+        if before != after:
+            log.info("store schema migrated from version %d to %d", before, after)
+        self._reader = await aiosqlite.connect(self.path)
+        await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        await self._reader.execute("PRAGMA query_only = ON")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._checkpoint_timer is not None:
+            self._checkpoint_timer.cancel()
+        if self._checkpoint_task is not None:
+            await self._checkpoint_task
+        if self._writer is not None:
+            await self._writer.stop()
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_AUTOCHECKPOINT_PAGES}")
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        if self._max_db_bytes:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {max(1, self._max_db_bytes // page_size)}")
+        return conn
+
+    def healthy(self) -> bool:
+        return self._writer is not None and self._writer.alive
+
+    @property
+    def writer(self) -> Writer:
+        if self._writer is None:
+            raise StoreUnavailable("store is not open")
+        return self._writer
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreUnavailable("store is not open")
+        return self._reader
+
+    # -- notifications and checkpoints -----------------------------------------------------
+
+    def on_inbox_append(self, callback: Callable[[], None]) -> None:
+        self._inbox_listeners.append(callback)
+
+    def _after_commit(self, rows: int, tags: set[str]) -> None:
+        if INBOX_TAG in tags:
+            for callback in self._inbox_listeners:
+                callback()
+        writer = self.writer
+        if writer.stats.rows_since_checkpoint >= self._checkpoint_rows:
+            self._start_checkpoint()
+        elif self._checkpoint_timer is None and not self._closing:
+            loop = asyncio.get_running_loop()
+            self._checkpoint_timer = loop.call_later(CHECKPOINT_IDLE_SECS, self._start_checkpoint)
+
+    def _start_checkpoint(self) -> None:
+        if self._checkpoint_timer is not None:
+            self._checkpoint_timer.cancel()
+            self._checkpoint_timer = None
+        running = self._checkpoint_task is not None and not self._checkpoint_task.done()
+        if self._closing or running:
+            return
+        self.writer.stats.rows_since_checkpoint = 0
+        self._checkpoint_task = asyncio.create_task(asyncio.to_thread(self._checkpoint))
+
+    def _checkpoint(self) -> None:
+        # A connection of its own: PASSIVE never waits for the writer and never blocks it.
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            log.warning("background WAL checkpoint failed: %s", exc)
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    async def append_inbox(self, rows: Sequence[InboxRow]) -> int:
+        params = [
+            (r.source, r.message_id, r.kind, r.received_at, r.request_ip, r.payload) for r in rows
+        ]
+
+        def job(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO inbox"
+                " (source, message_id, kind, received_at, request_ip, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                params,
+            )
+            return conn.total_changes - before
+
+        inserted: int = await self.writer.run(job, rows=len(params), tag=INBOX_TAG)
+        return inserted
+
+    async def record_reject(self, source: str, reason: str, sample: bytes) -> None:
+        clipped = sample[:REJECT_SAMPLE_BYTES]
+        now = time.time()
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO ingest_rejects (source, received_at, reason, sample)"
+                " VALUES (?, ?, ?, ?)",
+                (source, now, reason, clipped),
+            )
+
+        await self.writer.run(job)
+
+    async def inbox_message_ids(self, source: str) -> list[str]:
+        return [
+            row[0]
+            for row in await self._fetchall(
+                "SELECT message_id FROM inbox WHERE source = ? ORDER BY seq", (source,)
+            )
+        ]
+
+    async def rejects(self, source: str) -> list[tuple[str, bytes]]:
+        rows = await self._fetchall(
+            "SELECT reason, sample FROM ingest_rejects WHERE source = ? ORDER BY id", (source,)
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    # -- processor ------------------------------------------------------------------------
+
+    async def read_inbox(self, after_seq: int, limit: int) -> list[InboxRecord]:
+        rows = await self._fetchall(
+            "SELECT seq, source, message_id, kind, received_at, request_ip, payload"
+            " FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [
+            InboxRecord(
+                seq=r[0], source=r[1], message_id=r[2], kind=r[3], received_at=r[4],
+                request_ip=r[5], payload=bytes(r[6]),
+            )
+            for r in rows
+        ]
+
+    async def cursor(self, name: str) -> int:
+        rows = await self._fetchall("SELECT position FROM cursors WHERE name = ?", (name,))
+        return int(rows[0][0]) if rows else 0
+
+    async def commit_processed(
+        self, events: Sequence[ProcessedEvent], cursor_name: str, position: int
+    ) -> None:
+        now = time.time()
+
+        def job(conn: sqlite3.Connection) -> None:
+            for ev in events:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO events (inbox_seq, source, event_id, name, status,"
+                    " reason, occurred_at, received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (ev.inbox_seq, ev.source, ev.event_id, ev.name, ev.status, ev.reason,
+                     ev.occurred_at, ev.received_at, ev.body),
+                )
+                if not cur.rowcount or not ev.deliveries:
+                    continue  # already processed (a replayed slice) or nothing to deliver
+                event_row = cur.lastrowid
+                conn.executemany(
+                    "INSERT INTO deliveries (event_row, destination, status, next_attempt_at,"
+                    " last_reason, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(event_row, d.destination, d.status, now, d.reason, now)
+                     for d in ev.deliveries],
+                )
+            conn.execute(
+                "INSERT INTO cursors (name, position) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                (cursor_name, position),
+            )
+
+        await self.writer.run(job, rows=len(events) + 1)
+
+    # -- health and inspection ------------------------------------------------------------
+
+    async def check_writable(self) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO cursors (name, position) VALUES ('readyz', ?)"
+                " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                (int(time.time()),),
+            )
+
+        await self.writer.run(job, rows=0)
+
+    async def counts(self) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for table in ("inbox", "events", "deliveries", "ingest_rejects"):
+            rows = await self._fetchall(f"SELECT count(*) FROM {table}", ())
+            result[table] = int(rows[0][0])
+        for status, n in await self._fetchall(
+            "SELECT status, count(*) FROM deliveries GROUP BY status", ()
+        ):
+            result[f"deliveries.{status}"] = int(n)
+        return result
+
+    async def events_for(self, source: str, event_ids: Sequence[str]) -> list[StoredEvent]:
+        marks = ",".join("?" * len(event_ids))
+        rows = await self._fetchall(
+            "SELECT id, inbox_seq, source, event_id, status, name, reason, body FROM events"
+            f" WHERE source = ? AND event_id IN ({marks}) ORDER BY id",
+            (source, *event_ids),
+        )
+        return [
+            StoredEvent(id=r[0], inbox_seq=r[1], source=r[2], event_id=r[3], status=r[4],
+                        name=r[5], reason=r[6], body=None if r[7] is None else bytes(r[7]))
+            for r in rows
+        ]
+
+    async def deliveries_for(self, event_row: int) -> list[tuple[str, str]]:
+        rows = await self._fetchall(
+            "SELECT destination, status FROM deliveries WHERE event_row = ? ORDER BY destination",
+            (event_row,),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        try:
+            async with self.reader.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"read failed: {exc}") from exc
