@@ -56,6 +56,7 @@ class SQLiteStore:
         max_pending_rows: int = 50_000,
         checkpoint_rows: int = 10_000,
         max_db_bytes: int | None = None,
+        checkpoint_idle_secs: float = CHECKPOINT_IDLE_SECS,
     ) -> None:
         self.path = Path(path)
         self._synchronous = synchronous.upper()
@@ -63,12 +64,14 @@ class SQLiteStore:
         self._max_pending_rows = max_pending_rows
         self._checkpoint_rows = checkpoint_rows
         self._max_db_bytes = max_db_bytes
+        self._checkpoint_idle_secs = checkpoint_idle_secs
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
         self._inbox_listeners: list[Callable[[], None]] = []
         self._checkpoint_timer: asyncio.TimerHandle | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._closing = False
+        self.checkpoints = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -143,7 +146,9 @@ class SQLiteStore:
             self._start_checkpoint()
         elif self._checkpoint_timer is None and not self._closing:
             loop = asyncio.get_running_loop()
-            self._checkpoint_timer = loop.call_later(CHECKPOINT_IDLE_SECS, self._start_checkpoint)
+            self._checkpoint_timer = loop.call_later(
+                self._checkpoint_idle_secs, self._start_checkpoint
+            )
 
     def _start_checkpoint(self) -> None:
         if self._checkpoint_timer is not None:
@@ -162,6 +167,7 @@ class SQLiteStore:
             try:
                 conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                self.checkpoints += 1
             finally:
                 conn.close()
         except sqlite3.Error as exc:

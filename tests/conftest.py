@@ -1,0 +1,74 @@
+"""Shared fixtures: real SQLite files in tmp_path, real aiohttp servers on port 0."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tracklayerd.app import PROCESSOR, STORE, create_app
+from tracklayerd.config import Config, parse_config
+from tracklayerd.processor import Processor
+from tracklayerd.store.sqlite import SQLiteStore
+
+TOKEN = "test-token-1"
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    """A config with one authenticated http_api source `web`; tables in overrides replace."""
+    data: dict[str, Any] = {
+        "sources": {"web": {"type": "http_api", "token": TOKEN}},
+        "storage": {"path": str(tmp_path / "tl.sqlite3")},
+    }
+    for key, value in overrides.items():
+        data[key] = value
+    return parse_config(data, tmp_path)
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def store_of(client: TestClient[Any, Any]) -> SQLiteStore:
+    store = client.app[STORE]
+    assert isinstance(store, SQLiteStore)
+    return store
+
+
+def processor_of(client: TestClient[Any, Any]) -> Processor:
+    return client.app[PROCESSOR]
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: Any, tmp_path: Path
+) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
+    """Start tracklayerd's app (processor driven by the test) on a real server, port 0."""
+
+    async def factory(config: Config | None = None) -> TestClient[Any, Any]:
+        app = create_app(config or make_config(tmp_path), tmp_path, start_processor=False)
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        return client
+
+    return factory
+
+
+def purchase(event_id: str = "ord-1-purchase", **fields: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event": "purchase",
+        "event_id": event_id,
+        "timestamp": "2026-11-20T10:00:00Z",
+        "user": {"email": "ada@example.com", "phone": "+1 415 555 0100"},
+        "order_id": "1001",
+        "value": 129.9,
+        "currency": "USD",
+        "items": [{"id": "sku-1", "price": 64.95, "quantity": 2}],
+        "context": {"ip": "203.0.113.7", "user_agent": "Mozilla/5.0", "page_url": "https://x.example/"},
+    }
+    event.update(fields)
+    return event

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tracklayerd import __version__
+from tracklayerd.cli import cli
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    return result.exit_code, result.output
+
+
+def test_version() -> None:
+    assert run("version") == (0, f"tracklayerd {__version__}\n")
+
+
+def test_check_valid_config_exits_0_and_redacts(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[sources.web]\ntype = "http_api"\ntoken = "very-secret-token"\n')
+    code, output = run("check", "--config", str(path), "--show")
+    assert code == 0
+    assert "ok (1 source(s), 0 destination(s))" in output
+    assert "very-secret-token" not in output and "***" in output
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("[server]\nlisen = 1\n", "server.lisen: unknown key"),
+     ("[sources.x]\ntype = 'http_api'\ntoken = { env = 'TL_UNSET_VAR' }\n", "TL_UNSET_VAR")],
+)
+def test_check_invalid_config_exits_1_with_one_message(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    code, output = run("check", "--config", str(path))
+    assert code == 1
+    assert message in output
+    assert "Traceback" not in output
+
+
+def test_serve_refuses_public_bind_without_credentials() -> None:
+    code, output = run("serve", "--listen", "0.0.0.0:8787")
+    assert code == 1
+    assert "refusing to listen on 0.0.0.0" in output
+
+
+def test_serve_reports_bad_config_without_traceback(tmp_path: Path) -> None:
+    code, output = run("serve", "--config", str(tmp_path / "missing.toml"))
+    assert code == 1
+    assert "config file not found" in output and "Traceback" not in output
+
+
+def test_serve_reads_config_path_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[server]\nlisten = 'nonsense'\n")
+    code, output = run("serve", env={"TRACKLAYERD_CONFIG": str(path)})
+    assert code == 1 and "server.listen: expected HOST:PORT" in output
