@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import socket
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,42 @@ def test_check_invalid_config_exits_1_with_one_message(
     assert code == 1
     assert message in output
     assert "Traceback" not in output
+
+
+def test_check_applies_the_same_bind_rule_as_serve(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nlisten = "0.0.0.0:8787"\n[sources.web]\ntype = "http_api"\n')
+    code, output = run("check", "--config", str(path))
+    assert code == 1 and "refusing to listen on 0.0.0.0" in output
+
+
+def test_bare_command_serves_with_config_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[server]\nlisten = 'nonsense'\n")
+    code, output = run(env={"TRACKLAYERD_CONFIG": str(path)})
+    assert code == 1 and "server.listen: expected HOST:PORT" in output
+
+
+def test_store_from_a_newer_version_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    db = tmp_path / "tl.sqlite3"
+    sqlite3.connect(db).execute("PRAGMA user_version = 999")
+    path = tmp_path / "c.toml"
+    path.write_text(f'[storage]\npath = "{db}"\n')
+    code, output = run("serve", "--config", str(path), "--listen", "127.0.0.1:0")
+    assert code == 1
+    assert "cannot open the store" in output and "newer than this tracklayerd" in output
+    assert "Traceback" not in output
+
+
+def test_port_in_use_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = run("serve", "--listen", f"127.0.0.1:{port}",
+                           "--data-dir", str(tmp_path))
+    assert code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in output and "Traceback" not in output
 
 
 def test_serve_refuses_public_bind_without_credentials() -> None:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from tracklayerd import sdnotify
 from tracklayerd.config import Config, HttpApiSource
+from tracklayerd.errors import StartupError
 from tracklayerd.ingest.common import ClientAddress, json_response
 from tracklayerd.ingest.http_api import NativeIngest
 from tracklayerd.processor import Processor
@@ -95,8 +96,11 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=grace)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024, shutdown_timeout=grace)
-        await site.start()
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         bound_host, bound_port = runner.addresses[0][:2]
         log.info("listening on http://%s:%d (data in %s)", _fmt_host(bound_host), bound_port,
                  data_dir)

@@ -73,7 +73,9 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
 
     setup_logging(log_level, log_format)
     if ctx.invoked_subcommand is None:
-        ctx.invoke(serve)
+        # ctx.invoke skips option processing, so the environment is read here.
+        ctx.invoke(serve, config_path=os.environ.get("TRACKLAYERD_CONFIG") or None,
+                   data_dir=os.environ.get("TRACKLAYERD_DATA_DIR") or None)
 
 
 @cli.command()
@@ -102,8 +104,6 @@ def serve(config_path: str | None = None, listen: str | None = None,
             log.warning(line.replace("%-44s", f"{shown:<44}"))
     try:
         run_async(serve_app(config, host, port, directory))
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     except TracklayerdError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -116,6 +116,8 @@ def check(config_path: str, show: bool) -> None:
     """Validate a config file; exit status 0 when it is valid."""
     try:
         config = load_config(config_path)
+        host, _ = parse_listen(config.server.listen, "server.listen")
+        check_bind_safety(config, host)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if show:

@@ -50,7 +50,7 @@ class StorageConfig(_Strict):
     # Events queued for the writer beyond this answer 503 + Retry-After (backpressure).
     max_pending_events: int = 50_000
     # The WAL is checkpointed in the background (never inside a request's COMMIT) after this
-    # many written rows, or 1 s after the last write, whichever comes first.
+    # many written rows, or 1 s after the first write since the last checkpoint.
     checkpoint_rows: int = 10_000
     # Cap on the database size; beyond it writes fail and senders get 503 (None: no cap).
     max_db_bytes: int | None = None
@@ -157,7 +157,8 @@ def _convert_components(
     for component_id, table in raw.items():
         where = f"{section}.{component_id}"
         if not ID_PATTERN.match(component_id):
-            raise ConfigError(f"{where}: ids are 1-64 letters, digits, '_', '-' or '.'")
+            raise ConfigError(f"{where}: ids are 1-64 letters, digits, '_', '-' or '.', "
+                              "starting with a letter or digit")
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: expected a table")
         type_name = table.get("type")
@@ -187,7 +188,8 @@ def _check_values(config: Config) -> None:
         "storage.commit_timeout_secs": config.storage.commit_timeout_secs,
         "storage.max_pending_events": config.storage.max_pending_events,
         "storage.checkpoint_rows": config.storage.checkpoint_rows,
-        "storage.max_db_bytes": config.storage.max_db_bytes or 1,
+        "storage.max_db_bytes": 1 if config.storage.max_db_bytes is None
+        else config.storage.max_db_bytes,
     }
     for sid, src in config.sources.items():
         positive[f"sources.{sid}.max_event_bytes"] = src.max_event_bytes
@@ -196,6 +198,17 @@ def _check_values(config: Config) -> None:
     for where, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{where}: must be greater than 0")
+    if config.server.shutdown_grace_secs < 0:
+        raise ConfigError("server.shutdown_grace_secs: must be 0 or more")
+    owners: dict[str, str] = {}
+    for sid, src in config.sources.items():
+        for secret in getattr(src, "token", None) or ():
+            other = owners.setdefault(secret.reveal(), sid)
+            if other != sid:
+                raise ConfigError(
+                    f"sources.{sid}.token: the same token is also used by sources.{other}; "
+                    "a token must identify one source"
+                )
 
 
 def load_config(path: str | Path) -> Config:

@@ -12,6 +12,10 @@ class ConfigError(TracklayerdError):
     """The configuration is invalid; the message names the key path."""
 
 
+class StartupError(TracklayerdError):
+    """tracklayerd cannot start (port taken, store unreadable); the message says why."""
+
+
 class BadInput(TracklayerdError):
     """Input that can never become valid (maps to a 4xx)."""
 

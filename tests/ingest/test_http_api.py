@@ -65,6 +65,7 @@ async def test_missing_or_wrong_token_is_401(make_client: Any) -> None:
     assert (await resp.json())["error"] == "unauthorized"
     resp = await client.post("/v1/events", json=purchase(), headers=auth("wrong"))
     assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     resp = await client.post("/v1/events", json=purchase(), headers={"Authorization": TOKEN})
     assert resp.status == 401
     assert await store_of(client).inbox_message_ids("web") == []
@@ -91,7 +92,7 @@ async def test_malformed_json_is_400_and_recorded(make_client: Any) -> None:
     assert body["error"] == "malformed_json"
     assert "truncated" in body["message"]
     rejects = await store_of(client).rejects("web")
-    assert len(rejects) == 1 and rejects[0][0].startswith("malformed_json")
+    assert len(rejects) == 1 and rejects[0].startswith("malformed_json")
 
 
 async def test_invalid_field_is_400_with_exact_path(make_client: Any) -> None:
@@ -134,8 +135,11 @@ async def test_batch_with_no_valid_event_is_400(make_client: Any) -> None:
     assert (await resp.json())["rejected"][0]["path"] == "$.events[0].x"
     resp = await client.post("/v1/events", json={"events": []}, headers=auth())
     assert resp.status == 400
-    resp = await client.post("/v1/events", json={"events": [], "extra": 1}, headers=auth())
+    resp = await client.post(
+        "/v1/events", json={"events": [purchase("e")], "extra": 1}, headers=auth()
+    )
     assert resp.status == 400
+    assert (await resp.json())["path"] == "$.extra"
 
 
 async def test_limits_answer_413(make_client: Any, tmp_path: Path) -> None:
@@ -216,6 +220,9 @@ async def test_full_store_answers_503_not_200(make_client: Any, tmp_path: Path) 
     assert statuses[-1] == 503 and set(statuses[:-1]) == {200}
     acknowledged = [f"f{i}" for i, s in enumerate(statuses) if s == 200]
     assert await store_of(client).inbox_message_ids("web") == acknowledged
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+    assert "full" in (await ready.json())["reason"]
 
 
 async def test_backpressure_answers_503_when_queue_is_full(

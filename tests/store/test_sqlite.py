@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tracklayerd.errors import StoreUnavailable
+from tracklayerd.errors import StartupError, StoreUnavailable
 from tracklayerd.store import schema
 from tracklayerd.store.base import InboxRow
 from tracklayerd.store.sqlite import SQLiteStore
@@ -64,7 +64,7 @@ async def test_refuses_a_database_from_a_newer_version(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite3"
     sqlite3.connect(path).execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
     store = SQLiteStore(path)
-    with pytest.raises(RuntimeError, match="newer than this tracklayerd knows"):
+    with pytest.raises(StartupError, match="newer than this tracklayerd knows"):
         await store.open()
     await store.close()
 
@@ -150,3 +150,43 @@ async def test_background_checkpoint_keeps_wal_bounded(tmp_path: Path) -> None:
     assert unbounded.checkpoints == 0
     assert wal_bytes < os.path.getsize(f"{unbounded.path}-wal") / 4
     await unbounded.close()
+
+
+async def test_transaction_aborted_by_sqlite_retries_the_rest_of_the_group(
+    tmp_path: Path,
+) -> None:
+    """SQLITE_FULL rolls back the whole transaction; only the job that hit it may fail."""
+    store = SQLiteStore(tmp_path / "db.sqlite3", max_db_bytes=120_000)
+    await store.open()
+    filler = 0
+    with pytest.raises(StoreUnavailable):
+        while True:
+            filler += 1
+            await store.append_inbox([InboxRow(source="web", message_id=f"fill{filler}",
+                                               kind="native", received_at=1.0,
+                                               payload=b"x" * 3000)])
+    loop = asyncio.get_running_loop()
+    writer = store.writer
+
+    def small(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO cursors (name, position) VALUES ('small', 1)")
+        return "ok"
+
+    def big(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO inbox (source, message_id, kind, received_at, payload)"
+            " VALUES ('web', 'big', 'native', 1, ?)", (b"y" * 200_000,))
+
+    from tracklayerd.store.writer import _Pending
+
+    group = [_Pending(small, loop.create_future(), 1, None),
+             _Pending(big, loop.create_future(), 1, None)]
+    # Run the group on a second writer connection (same PRAGMAs) so both jobs share one
+    # transaction deterministically; the store's own writer thread is idle meanwhile.
+    conn = store._connect_writer()
+    await asyncio.to_thread(writer._commit_group, conn, group, 0)
+    conn.close()
+    assert await group[0].future == "ok"
+    with pytest.raises(StoreUnavailable, match="full"):
+        await group[1].future
+    await store.close()

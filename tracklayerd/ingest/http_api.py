@@ -23,7 +23,7 @@ from aiohttp import web
 
 from tracklayerd.config import HttpApiSource
 from tracklayerd.errors import StoreUnavailable
-from tracklayerd.events import NativeEvent, derived_event_id, native_decoder
+from tracklayerd.events import NativeBatch, NativeEvent, derived_event_id, native_decoder
 from tracklayerd.ingest.common import (
     ClientAddress,
     TooLarge,
@@ -45,6 +45,7 @@ class _Probe(msgspec.Struct):
 
 
 _probe_decoder = msgspec.json.Decoder(_Probe)
+_batch_decoder = msgspec.json.Decoder(NativeBatch)
 
 
 class TokenAuth:
@@ -96,7 +97,9 @@ class NativeIngest:
     async def handle(self, request: web.Request) -> web.Response:
         source_id = self._auth.source_for(request)
         if source_id is None:
-            return _error(401, "unauthorized", "missing or unknown bearer token")
+            response = _error(401, "unauthorized", "missing or unknown bearer token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="tracklayerd"'
+            return response
         source = self._sources[source_id]
         received_at = time.time()
         try:
@@ -109,11 +112,16 @@ class NativeIngest:
             # Valid JSON but not an object with an "events" list: let the event decoder say why.
             probe = _Probe()
         except msgspec.DecodeError as exc:
-            return await self._reject(source_id, body, "malformed_json", f"malformed JSON: {exc}")
+            return await self._reject(source_id, "malformed_json", f"malformed JSON: {exc}")
 
         if probe.events is None:
             return await self._single(source_id, source, body, received_at, request)
-        return await self._batch(source_id, source, probe.events, received_at, request)
+        try:
+            batch = _batch_decoder.decode(body)  # strict: no other top-level keys
+        except msgspec.ValidationError as exc:
+            path, message = validation_problem(exc)
+            return await self._reject(source_id, "invalid_request", message, path=path)
+        return await self._batch(source_id, source, batch.events, received_at, request)
 
     async def _single(
         self, source_id: str, source: HttpApiSource, body: bytes, received_at: float,
@@ -128,7 +136,7 @@ class NativeIngest:
             event = native_decoder.decode(body)
         except msgspec.ValidationError as exc:
             path, message = validation_problem(exc)
-            return await self._reject(source_id, body, "invalid_event", message, path=path)
+            return await self._reject(source_id, "invalid_event", message, path=path)
         row = self._row(source_id, event, body, received_at, request)
         return await self._commit([row], rejected=[])
 
@@ -162,9 +170,10 @@ class NativeIngest:
                 continue
             rows.append(self._row(source_id, event, raw_bytes, received_at, request))
         if rejected:
-            sample = b"; ".join(f"{r['path']}: {r['message']}".encode() for r in rejected[:5])
-            reason = f"{len(rejected)} invalid event(s) in a batch"
-            await self._note_reject(source_id, reason, sample)
+            details = "; ".join(f"{r['path']}: {r['message']}" for r in rejected[:5])
+            await self._note_reject(
+                source_id, f"invalid_event: {len(rejected)} in a batch: {details}"
+            )
         if not rows:
             return json_response(
                 400,
@@ -201,16 +210,16 @@ class NativeIngest:
         return json_response(200, answer)
 
     async def _reject(
-        self, source_id: str, body: bytes, code: str, message: str, path: str | None = None
+        self, source_id: str, code: str, message: str, path: str | None = None
     ) -> web.Response:
         reason = f"{code}: {path}: {message}" if path else f"{code}: {message}"
-        await self._note_reject(source_id, reason, body)
+        await self._note_reject(source_id, reason)
         return _error(400, code, message, path=path)
 
-    async def _note_reject(self, source_id: str, reason: str, sample: bytes) -> None:
+    async def _note_reject(self, source_id: str, reason: str) -> None:
         # Best effort: the sender is told in the answer either way.
         with contextlib.suppress(StoreUnavailable):
-            await self._store.record_reject(source_id, reason, sample)
+            await self._store.record_reject(source_id, reason)
 
 
 def _error(status: int, code: str, message: str, path: str | None = None) -> web.Response:

@@ -57,7 +57,7 @@ MIGRATIONS: list[str] = [
         source TEXT NOT NULL,
         received_at REAL NOT NULL,
         reason TEXT NOT NULL,
-        sample BLOB                             -- first bytes of the offending input
+        sample BLOB                             -- unused: raw input may hold personal data
     );
     CREATE INDEX ingest_rejects_source ON ingest_rejects (source, received_at);
     """,

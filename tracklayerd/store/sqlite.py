@@ -1,6 +1,7 @@
 """The SQLite store: the only module with SQL (DDL lives in schema.py).
 
-PRAGMAs, set explicitly on every connection (docs/operations.md explains each):
+PRAGMAs, set explicitly on the writer connection (docs/operations.md explains each; the
+reader sets busy_timeout and query_only):
 
 * ``journal_mode=WAL``: readers never block the writer and the writer never blocks readers.
 * ``synchronous=FULL`` (default) fsyncs the WAL at each COMMIT, so an acknowledged event
@@ -12,6 +13,7 @@ PRAGMAs, set explicitly on every connection (docs/operations.md explains each):
 * ``wal_autocheckpoint`` is raised to a safety valve; checkpoints normally run on a separate
   connection in the background, so WAL copying never stalls a request's COMMIT (the p99 trap
   in reference/performance.md §4).
+* ``journal_size_limit`` (64 MiB) truncates a WAL that grew in a burst; ``temp_store=MEMORY``.
 * ``max_page_count`` from ``storage.max_db_bytes`` when set: a full store refuses writes
   (503) instead of filling the disk.
 """
@@ -28,7 +30,7 @@ from typing import Any
 
 import aiosqlite
 
-from tracklayerd.errors import StoreUnavailable
+from tracklayerd.errors import StartupError, StoreUnavailable
 from tracklayerd.store import schema
 from tracklayerd.store.base import (
     InboxRecord,
@@ -42,8 +44,9 @@ log = logging.getLogger("tracklayerd.store")
 
 SAFETY_AUTOCHECKPOINT_PAGES = 50_000
 CHECKPOINT_IDLE_SECS = 1.0
-REJECT_SAMPLE_BYTES = 2048
+REJECT_REASON_CHARS = 2000
 INBOX_TAG = "inbox"
+FULL_FRACTION = 0.98
 
 
 class SQLiteStore:
@@ -76,6 +79,13 @@ class SQLiteStore:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
+        try:
+            await self._open()
+        except (OSError, sqlite3.Error, RuntimeError) as exc:
+            await self.close()
+            raise StartupError(f"cannot open the store at {self.path}: {exc}") from None
+
+    async def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
         self._writer = Writer(
@@ -193,15 +203,15 @@ class SQLiteStore:
         inserted: int = await self.writer.run(job, rows=len(params), tag=INBOX_TAG)
         return inserted
 
-    async def record_reject(self, source: str, reason: str, sample: bytes) -> None:
-        clipped = sample[:REJECT_SAMPLE_BYTES]
+    async def record_reject(self, source: str, reason: str) -> None:
+        # Only our own description of the problem is kept (no raw sample): raw input may
+        # carry personal data, and the sender already has it.
         now = time.time()
 
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO ingest_rejects (source, received_at, reason, sample)"
-                " VALUES (?, ?, ?, ?)",
-                (source, now, reason, clipped),
+                "INSERT INTO ingest_rejects (source, received_at, reason) VALUES (?, ?, ?)",
+                (source, now, reason[:REJECT_REASON_CHARS]),
             )
 
         await self.writer.run(job)
@@ -214,11 +224,11 @@ class SQLiteStore:
             )
         ]
 
-    async def rejects(self, source: str) -> list[tuple[str, bytes]]:
+    async def rejects(self, source: str) -> list[str]:
         rows = await self._fetchall(
-            "SELECT reason, sample FROM ingest_rejects WHERE source = ? ORDER BY id", (source,)
+            "SELECT reason FROM ingest_rejects WHERE source = ? ORDER BY id", (source,)
         )
-        return [(r[0], r[1]) for r in rows]
+        return [r[0] for r in rows]
 
     # -- processor ------------------------------------------------------------------------
 
@@ -279,8 +289,16 @@ class SQLiteStore:
                 " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
                 (int(time.time()),),
             )
+            if self._max_db_bytes:
+                # The probe's own write fits in an existing page; ingest needs new ones.
+                used = conn.execute("PRAGMA page_count").fetchone()[0]
+                free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+                limit = conn.execute("PRAGMA max_page_count").fetchone()[0]
+                if used - free >= limit * FULL_FRACTION:
+                    raise StoreUnavailable("store is full (storage.max_db_bytes)")
 
-        await self.writer.run(job, rows=0)
+        # rows=1: a probe waits in the same queue as ingest, so a full queue is not ready.
+        await self.writer.run(job, rows=1)
 
     async def counts(self) -> dict[str, int]:
         result: dict[str, int] = {}

@@ -160,33 +160,52 @@ class Writer:
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Pending], rows: int) -> None:
         started = time.perf_counter()
-        outcomes: list[tuple[_Pending, bool, Any]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for pending in group:
-                conn.execute("SAVEPOINT job")
-                try:
-                    result = pending.job(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((pending, False, _job_error(exc)))
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append((pending, True, result))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            _rollback(conn)
-            error = StoreUnavailable(f"commit failed: {_describe(exc)}")
-            self.stats.failed_commits += 1
-            self.stats.last_error = str(error)
-            log.error("store %s; %d writes refused, senders will retry", error, len(group))
-            outcomes = [(p, False, error) for p in group]
-        else:
-            self.stats.commits += 1
-            self.stats.rows += rows
-            self.stats.rows_since_checkpoint += rows
-            self.stats.last_error = None
+        failed: dict[int, Exception] = {}
+        while True:
+            results: dict[int, Any] = {}
+            aborted = False
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for index, pending in enumerate(group):
+                    if index in failed:
+                        continue
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        results[index] = pending.job(conn)
+                    except Exception as exc:
+                        failed[index] = _job_error(exc)
+                        if not conn.in_transaction:
+                            # SQLite aborted the whole transaction (SQLITE_FULL, I/O error):
+                            # the jobs before this one are undone too. None is resolved yet,
+                            # so run the group again without the failing job.
+                            aborted = True
+                            break
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                    else:
+                        conn.execute("RELEASE job")
+                if aborted:
+                    continue
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(conn)
+                error = StoreUnavailable(f"commit failed: {_describe(exc)}")
+                self.stats.failed_commits += 1
+                self.stats.last_error = str(error)
+                log.error("store %s; %d writes refused, senders will retry", error, len(group))
+                outcomes = [(p, False, failed.get(i, error)) for i, p in enumerate(group)]
+            else:
+                self.stats.commits += 1
+                self.stats.rows += rows
+                self.stats.rows_since_checkpoint += rows
+                self.stats.last_error = None
+                for message in {str(e) for e in failed.values()}:
+                    log.error("store write refused: %s", message)
+                outcomes = [
+                    (p, False, failed[i]) if i in failed else (p, True, results[i])
+                    for i, p in enumerate(group)
+                ]
+            break
         self.stats.last_commit_secs = time.perf_counter() - started
         self._loop.call_soon_threadsafe(self._resolve, outcomes, rows)
 
