@@ -44,7 +44,8 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[storage]\nmax_db_bytes = 0\n", "storage.max_db_bytes: must be greater than 0"),
         ("[server]\nshutdown_grace_secs = -1\n", "server.shutdown_grace_secs: must be 0"),
         ("[sources.a]\ntype = 'http_api'\ntoken = 'k'\n[sources.b]\ntype = 'http_api'\n"
-         "token = ['j', 'k']\n", "sources.b.token: the same token is also used by sources.a"),
+         "token = ['j', 'k']\n",
+         "sources.b: the same token or write key is also used by sources.a"),
         ("[sources._web]\ntype = 'http_api'\n", "starting with a letter or digit"),
         ("[server\n", "invalid TOML"),
     ],

@@ -9,8 +9,9 @@ from typing import Any
 import msgspec
 
 from tests.conftest import auth, make_config, processor_of, purchase, store_of
+from tracklayerd.config import parse_config
 from tracklayerd.events import Event
-from tracklayerd.processor import CURSOR, Processor
+from tracklayerd.processor import CURSOR, Pipeline, Processor
 from tracklayerd.store.base import InboxRow
 from tracklayerd.store.sqlite import SQLiteStore
 
@@ -47,14 +48,15 @@ async def test_processor_resumes_from_its_cursor(tmp_path: Path) -> None:
     payload = msgspec.json.encode(purchase("r1"))
     await store.append_inbox([InboxRow(source="web", message_id="r1", kind="native",
                                        received_at=1.0, payload=payload)])
-    assert await Processor(store, {}).run_until_idle() == 1
+    assert await Processor(store, Pipeline(parse_config({}, Path(".")))).run_until_idle() == 1
     await store.append_inbox([InboxRow(source="web", message_id="r2", kind="native",
                                        received_at=2.0, payload=payload)])
     await store.close()
 
     reopened = SQLiteStore(path)
     await reopened.open()
-    assert await Processor(reopened, {}).run_until_idle() == 1  # only r2 is new
+    processor = Processor(reopened, Pipeline(parse_config({}, Path("."))))
+    assert await processor.run_until_idle() == 1  # only r2 is new
     assert [e.event_id for e in await reopened.events_for("web", ["r1", "r2"])] == ["r1", "r2"]
     counts = await reopened.counts()
     assert counts["events"] == 2 and counts["deliveries"] == 0
@@ -69,7 +71,7 @@ async def test_undecodable_record_is_kept_as_invalid_and_does_not_block(tmp_path
         InboxRow(source="web", message_id="good", kind="native", received_at=1.0,
                  payload=msgspec.json.encode(purchase("good"))),
     ])
-    assert await Processor(store, {}).run_until_idle() == 2
+    assert await Processor(store, Pipeline(parse_config({}, Path(".")))).run_until_idle() == 2
     bad, good = await store.events_for("web", ["bad", "good"])
     assert bad.status == "invalid" and bad.reason is not None and "martian" in bad.reason
     assert good.status == "accepted"

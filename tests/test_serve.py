@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import TOKEN, auth, purchase
 from tests.server import ServerProcess
-from tracklayerd.processor import Processor
+from tracklayerd.config import parse_config
+from tracklayerd.processor import Pipeline, Processor
 from tracklayerd.store.sqlite import SQLiteStore
 
 CONFIG = f"""
@@ -95,7 +96,7 @@ async def stored_ids(path: Path) -> list[str]:
     store = SQLiteStore(path)
     await store.open()
     try:
-        await Processor(store, {}).run_until_idle()
+        await Processor(store, Pipeline(parse_config({}, Path(".")))).run_until_idle()
         counts = await store.counts()
         assert counts["events"] == counts["inbox"]
         return await store.inbox_message_ids("web")

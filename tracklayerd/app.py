@@ -11,11 +11,13 @@ from pathlib import Path
 from aiohttp import web
 
 from tracklayerd import sdnotify
-from tracklayerd.config import Config, HttpApiSource
+from tracklayerd.config import WEBHOOK_SOURCES, Config, HttpApiSource, SegmentSource
 from tracklayerd.errors import StartupError
 from tracklayerd.ingest.common import ClientAddress, json_response
 from tracklayerd.ingest.http_api import NativeIngest
-from tracklayerd.processor import Processor
+from tracklayerd.ingest.segment import SegmentIngest
+from tracklayerd.ingest.webhooks import WebhookIngest
+from tracklayerd.processor import Pipeline, Processor
 from tracklayerd.store import create_store
 from tracklayerd.store.base import Store
 from tracklayerd.web.health import healthz, readyz_handler
@@ -53,7 +55,7 @@ def create_app(config: Config, data_dir: Path, *, start_processor: bool = True) 
     app = web.Application(middlewares=[error_middleware], client_max_size=max_request)
     app[CONFIG] = config
     store = create_store(config.storage, data_dir)
-    processor = Processor(store, config.destinations)
+    processor = Processor(store, Pipeline(config))
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.open()
@@ -71,16 +73,26 @@ def create_app(config: Config, data_dir: Path, *, start_processor: bool = True) 
     app.cleanup_ctx.extend([store_ctx, processor_ctx])
 
     client_address = ClientAddress(config.server.trusted_proxies)
+    timeout = config.storage.commit_timeout_secs
     native_sources = {
         sid: src for sid, src in config.sources.items() if isinstance(src, HttpApiSource)
     }
     if native_sources:
-        native = NativeIngest(
-            native_sources, store,
-            commit_timeout_secs=config.storage.commit_timeout_secs,
-            client_address=client_address,
-        )
+        native = NativeIngest(native_sources, store, commit_timeout_secs=timeout,
+                              client_address=client_address)
         app.router.add_post("/v1/events", native.handle)
+    segment_sources = {
+        sid: src for sid, src in config.sources.items() if isinstance(src, SegmentSource)
+    }
+    if segment_sources:
+        SegmentIngest(segment_sources, store, commit_timeout_secs=timeout,
+                      client_address=client_address).add_routes(app.router)
+    webhook_sources = {
+        sid: src for sid, src in config.sources.items() if isinstance(src, WEBHOOK_SOURCES)
+    }
+    if webhook_sources:
+        WebhookIngest(webhook_sources, store, commit_timeout_secs=timeout,
+                      client_address=client_address).add_routes(app.router)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz_handler(store))
     return app

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from tracklayerd.errors import ConfigError
-from tracklayerd.secrets import Secrets, enc_hook, make_dec_hook
+from tracklayerd.secrets import Secret, Secrets, enc_hook, make_dec_hook
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_LISTEN = "127.0.0.1:8787"
@@ -60,6 +60,13 @@ class _SourceBase(_Strict, tag_field="type"):
     max_event_bytes: int = 32 * 1024
     max_request_bytes: int = 500 * 1024
     max_batch_events: int = 2500
+    # Source event names and message types ("identify", "page", ...) to keep; empty keeps all.
+    # Others are stored as dropped with the reason, never refused to the sender.
+    allow: list[str] = []
+
+    @property
+    def authenticated(self) -> bool:
+        raise NotImplementedError
 
 
 class HttpApiSource(_SourceBase, tag="http_api"):
@@ -73,8 +80,84 @@ class HttpApiSource(_SourceBase, tag="http_api"):
         return self.token is not None
 
 
-Source = HttpApiSource
-SOURCE_TYPES: dict[str, type[Source]] = {"http_api": HttpApiSource}
+class SegmentSource(_SourceBase, tag="segment"):
+    """The Segment HTTP Tracking API (`/v1/track`, `/v1/batch`, `/v1/t`, ...)."""
+
+    # One write key, or a list during a rotation. Absent: any key (loopback only).
+    write_key: Secrets | None = None
+    # Browser origins allowed by CORS ("*" for any); empty: no CORS headers.
+    cors_origins: list[str] = []
+    # Clock-skew correction trusts at most this much delay between an event and its upload.
+    max_event_delay_secs: float = 30 * 86400
+
+    @property
+    def authenticated(self) -> bool:
+        return self.write_key is not None
+
+
+class SegmentWebhookSource(_SourceBase, tag="segment_webhook"):
+    """Segment's Webhooks destination (classic or Actions) posting to `/ingest/<id>`."""
+
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_batch_events: int = 4000
+    # Verifies X-Signature / X-Segment-Signature (HMAC-SHA1 of the body).
+    shared_secret: Secret | None = None
+    # Alternatively (or also accepted): the exact Authorization header value(s) to expect.
+    authorization: Secrets | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.shared_secret is not None or self.authorization is not None
+
+
+class RudderstackWebhookSource(_SourceBase, tag="rudderstack_webhook"):
+    """RudderStack's Webhook destination posting to `/ingest/<id>`."""
+
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_batch_events: int = 4000
+    # The header RudderStack is configured to send, and its expected value(s).
+    header: str = "Authorization"
+    secret: Secrets | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.secret is not None
+
+
+Source = HttpApiSource | SegmentSource | SegmentWebhookSource | RudderstackWebhookSource
+SOURCE_TYPES: dict[str, type[Source]] = {
+    "http_api": HttpApiSource,
+    "segment": SegmentSource,
+    "segment_webhook": SegmentWebhookSource,
+    "rudderstack_webhook": RudderstackWebhookSource,
+}
+WEBHOOK_SOURCES = (SegmentWebhookSource, RudderstackWebhookSource)
+
+
+class MappingMatch(_Strict):
+    # Source event names (track); a string or a list.
+    event: str | list[str] = []
+    # Message types: track, identify, page, screen, group, alias.
+    type: str | list[str] = []
+    # Property conditions: dotted path inside properties → required value.
+    properties: dict[str, Any] = {}
+
+
+class Mapping(_Strict):
+    """One rule turning source events into a canonical event (docs/mappings.md)."""
+
+    match: MappingMatch
+    case_sensitive: bool = False
+    # Paths inside properties, first present wins; empty: the built-in defaults.
+    value: list[str] = []
+    currency: list[str] = []
+    order_id: list[str] = []
+    items: list[str] = []
+
+
+class PipelineConfig(_Strict):
+    # Segment e-commerce v2/v1, B2B and GA4 names → canonical names, after your [mappings].
+    builtin_mappings: bool = True
 
 
 class DestinationConfig(_Strict):
@@ -91,6 +174,9 @@ class Config(_Strict):
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     sources: dict[str, Source] = {}
     destinations: dict[str, DestinationConfig] = {}
+    # Canonical name → one rule, or a list of rules ([[mappings.<name>]]).
+    mappings: dict[str, Mapping | list[Mapping]] = {}
+    pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     # True only for the built-in dev mirror used when no config is given.
     embedded_default: bool = False
 
@@ -174,7 +260,18 @@ def _convert_components(
     return result
 
 
+CANONICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
 def _check_values(config: Config) -> None:
+    for name, rules in config.mappings.items():
+        if not CANONICAL_NAME.match(name):
+            raise ConfigError(
+                f"mappings.{name}: canonical names are lowercase snake_case (e.g. purchase)"
+            )
+        for rule in rules if isinstance(rules, list) else [rules]:
+            if not rule.match.event and not rule.match.type:
+                raise ConfigError(f"mappings.{name}.match: needs an event name or a type")
     parse_listen(config.server.listen, "server.listen")
     for i, proxy in enumerate(config.server.trusted_proxies):
         try:
@@ -202,12 +299,13 @@ def _check_values(config: Config) -> None:
         raise ConfigError("server.shutdown_grace_secs: must be 0 or more")
     owners: dict[str, str] = {}
     for sid, src in config.sources.items():
-        for secret in getattr(src, "token", None) or ():
+        keys = getattr(src, "token", None) or getattr(src, "write_key", None) or ()
+        for secret in keys:
             other = owners.setdefault(secret.reveal(), sid)
             if other != sid:
                 raise ConfigError(
-                    f"sources.{sid}.token: the same token is also used by sources.{other}; "
-                    "a token must identify one source"
+                    f"sources.{sid}: the same token or write key is also used by "
+                    f"sources.{other}; a key must identify one source"
                 )
 
 
@@ -231,7 +329,10 @@ def load_config(path: str | Path) -> Config:
 
 def default_config() -> Config:
     """The dev mirror used when no config is given: loopback, no authentication."""
-    return Config(sources={"default": HttpApiSource()}, embedded_default=True)
+    return Config(
+        sources={"default": HttpApiSource(), "segment": SegmentSource(cors_origins=["*"])},
+        embedded_default=True,
+    )
 
 
 def parse_listen(value: str, where: str = "listen") -> tuple[str, int]:

@@ -140,6 +140,15 @@ class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
     original_name: str | None = None
     # Contract violations found by the pipeline; destinations decide what they mean.
     violations: list[str] = []
+    # Recommended fields missing and other things worth a look; never a reason to reject.
+    warnings: list[str] = []
+    # The transport id (Segment messageId, native event_id); event_id may differ when the
+    # sender gave an explicit event id for pixel deduplication.
+    message_id: str | None = None
+    # True when the sender gave the event id explicitly (not a generated or message id).
+    explicit_event_id: bool = False
+    # Segment `integrations` as sent ({"All": false, "Facebook Pixel": true, ...}).
+    integrations: dict[str, Any] = {}
 
 
 def to_datetime(value: Timestamp | None, default: datetime) -> datetime:
@@ -175,6 +184,8 @@ def from_native(native: NativeEvent, *, event_id: str, source: str, received_at:
         consent=native.consent,
         context=native.context,
         properties=native.properties,
+        message_id=event_id,
+        explicit_event_id=native.event_id is not None,
     )
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
 
-from tracklayerd.config import DestinationConfig
+from tracklayerd.config import Config
 from tracklayerd.errors import StoreUnavailable
 from tracklayerd.events import event_encoder
+from tracklayerd.pipeline import contracts
 from tracklayerd.pipeline.decode import Undecodable, decode
+from tracklayerd.pipeline.mapping import Mapper, rules_from_config
 from tracklayerd.store.base import DeliveryPlan, InboxRecord, ProcessedEvent, Store
 
 log = logging.getLogger("tracklayerd.processor")
@@ -26,39 +27,61 @@ SLICE = 500
 RETRY_SECS = 1.0
 
 
-def process_record(
-    record: InboxRecord, destinations: Mapping[str, DestinationConfig]
-) -> ProcessedEvent:
-    """One inbox record → its canonical event and delivery plan. Pure."""
-    try:
-        event = decode(record)
-    except Undecodable as exc:
-        return ProcessedEvent(
-            inbox_seq=record.seq, source=record.source, event_id=record.message_id,
-            status="invalid", reason=str(exc), received_at=record.received_at,
+class Pipeline:
+    """The pure steps, configured once: decode → map → contracts → allowlist → plan."""
+
+    def __init__(self, config: Config) -> None:
+        self._sources = config.sources
+        self._destinations = config.destinations
+        self._mapper = Mapper(
+            rules_from_config(config.mappings, config.pipeline.builtin_mappings)
         )
-    plans = [
-        DeliveryPlan(destination=dest_id, status="pending")
-        for dest_id, dest in destinations.items()
-        if dest.mode != "off"
-    ]
-    return ProcessedEvent(
-        inbox_seq=record.seq,
-        source=record.source,
-        event_id=event.event_id,
-        status="accepted",
-        name=event.event,
-        occurred_at=event.timestamp.timestamp(),
-        received_at=record.received_at,
-        body=event_encoder.encode(event),
-        deliveries=plans,
-    )
+        self._allow = {
+            sid: frozenset(name.casefold() for name in src.allow)
+            for sid, src in config.sources.items() if src.allow
+        }
+
+    def process(self, record: InboxRecord) -> ProcessedEvent:
+        """One inbox record → its canonical event and delivery plan."""
+        try:
+            event = decode(record, self._sources.get(record.source))
+        except Undecodable as exc:
+            return ProcessedEvent(
+                inbox_seq=record.seq, source=record.source, event_id=record.message_id,
+                status="invalid", reason=str(exc), received_at=record.received_at,
+            )
+        event = contracts.check(self._mapper.apply(event))
+        status, reason, plans = "accepted", None, []
+        allowed = self._allow.get(record.source)
+        names = {event.event, event.message_type, event.original_name or event.event}
+        if allowed is not None and not {n.casefold() for n in names} & allowed:
+            status = "dropped"
+            reason = (f"not in the allowlist of source {record.source}: "
+                      f"{event.original_name or event.event!r} ({event.message_type})")
+        else:
+            plans = [
+                DeliveryPlan(destination=dest_id, status="pending")
+                for dest_id, dest in self._destinations.items()
+                if dest.mode != "off"
+            ]
+        return ProcessedEvent(
+            inbox_seq=record.seq,
+            source=record.source,
+            event_id=event.event_id,
+            status=status,
+            reason=reason,
+            name=event.event,
+            occurred_at=event.timestamp.timestamp(),
+            received_at=record.received_at,
+            body=event_encoder.encode(event),
+            deliveries=plans,
+        )
 
 
 class Processor:
-    def __init__(self, store: Store, destinations: Mapping[str, DestinationConfig]) -> None:
+    def __init__(self, store: Store, pipeline: Pipeline) -> None:
         self._store = store
-        self._destinations = destinations
+        self._pipeline = pipeline
         self._wake = asyncio.Event()
         self._position: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -77,7 +100,7 @@ class Processor:
         results = []
         for record in records:
             try:
-                results.append(process_record(record, self._destinations))
+                results.append(self._pipeline.process(record))
             except Exception as exc:  # a pipeline bug must not wedge the queue
                 log.exception("pipeline failed on inbox record %d", record.seq)
                 results.append(ProcessedEvent(

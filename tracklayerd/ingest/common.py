@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import ipaddress
 import logging
 import re
@@ -11,8 +14,10 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from tracklayerd.errors import StoreUnavailable
+from tracklayerd.secrets import Secrets
 from tracklayerd.store.base import InboxRow, Store
 
 log = logging.getLogger("tracklayerd.ingest")
@@ -31,6 +36,10 @@ class TooLarge(Exception):
     """The request is over a configured limit (413)."""
 
 
+class UnreadableBody(Exception):
+    """The body cannot be read as sent (e.g. a corrupt gzip stream): 400."""
+
+
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
     """The body, refusing (TooLarge) anything over max_bytes.
 
@@ -42,6 +51,8 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise TooLarge(f"request body is over the limit of {max_bytes} bytes") from None
+    except RequestPayloadError as exc:
+        raise UnreadableBody(f"cannot read the body: {str(exc).strip()}") from None
     if len(body) > max_bytes:
         raise TooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
     return body
@@ -65,6 +76,48 @@ async def append_durably(
 def unavailable(exc: StoreUnavailable, body: Any) -> web.Response:
     log.warning("ingest refused (503, sender will retry): %s", exc)
     return json_response(503, body, headers={"Retry-After": RETRY_AFTER_SECS})
+
+
+class KeyRing:
+    """Finds the source a presented key (token, write key) belongs to.
+
+    Keys are looked up by their SHA-256 digest, so lookup time says nothing about the key.
+    A source without keys (the dev mirror) takes requests that match no other source.
+    """
+
+    def __init__(self, keys: dict[str, Secrets | None]) -> None:
+        self._by_digest: dict[bytes, str] = {}
+        self._open: str | None = None
+        for source_id, secrets in keys.items():
+            if secrets is None:
+                self._open = source_id
+                continue
+            for secret in secrets:
+                self._by_digest[_digest(secret.reveal())] = source_id
+
+    def source_for(self, presented: str | None) -> str | None:
+        if presented:
+            found = self._by_digest.get(_digest(presented))
+            if found is not None:
+                return found
+        return self._open
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def basic_username(request: web.Request) -> str | None:
+    """The username of HTTP Basic auth (Segment: the write key, password empty)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[0] or None
 
 
 class ClientAddress:

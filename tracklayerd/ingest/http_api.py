@@ -14,7 +14,6 @@ Answers (docs/api.md):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from typing import Any
 
@@ -26,7 +25,9 @@ from tracklayerd.errors import StoreUnavailable
 from tracklayerd.events import NativeBatch, NativeEvent, derived_event_id, native_decoder
 from tracklayerd.ingest.common import (
     ClientAddress,
+    KeyRing,
     TooLarge,
+    UnreadableBody,
     append_durably,
     json_response,
     read_body,
@@ -48,37 +49,6 @@ _probe_decoder = msgspec.json.Decoder(_Probe)
 _batch_decoder = msgspec.json.Decoder(NativeBatch)
 
 
-class TokenAuth:
-    """Finds the http_api source a bearer token belongs to.
-
-    Tokens are compared by their SHA-256 digest, so lookup time says nothing about the token.
-    A source without a token (the dev mirror) takes requests that match no other source.
-    """
-
-    def __init__(self, sources: dict[str, HttpApiSource]) -> None:
-        self._by_digest: dict[bytes, str] = {}
-        self._open: str | None = None
-        for source_id, source in sources.items():
-            if source.token is None:
-                self._open = source_id
-                continue
-            for secret in source.token:
-                self._by_digest[_digest(secret.reveal())] = source_id
-
-    def source_for(self, request: web.Request) -> str | None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token:
-            found = self._by_digest.get(_digest(token.strip()))
-            if found is not None:
-                return found
-        return self._open
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
 class NativeIngest:
     def __init__(
         self,
@@ -89,13 +59,13 @@ class NativeIngest:
         client_address: ClientAddress,
     ) -> None:
         self._sources = sources
-        self._auth = TokenAuth(sources)
+        self._keys = KeyRing({sid: src.token for sid, src in sources.items()})
         self._store = store
         self._timeout = commit_timeout_secs
         self._client_address = client_address
 
     async def handle(self, request: web.Request) -> web.Response:
-        source_id = self._auth.source_for(request)
+        source_id = self._keys.source_for(_bearer(request))
         if source_id is None:
             response = _error(401, "unauthorized", "missing or unknown bearer token")
             response.headers["WWW-Authenticate"] = 'Bearer realm="tracklayerd"'
@@ -106,6 +76,8 @@ class NativeIngest:
             body = await read_body(request, source.max_request_bytes)
         except TooLarge as exc:
             return _error(413, "too_large", str(exc))
+        except UnreadableBody as exc:
+            return _error(400, "invalid_request", str(exc))
         try:
             probe = _probe_decoder.decode(body)
         except msgspec.ValidationError:
@@ -220,6 +192,11 @@ class NativeIngest:
         # Best effort: the sender is told in the answer either way.
         with contextlib.suppress(StoreUnavailable):
             await self._store.record_reject(source_id, reason)
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _error(status: int, code: str, message: str, path: str | None = None) -> web.Response:

@@ -1,0 +1,181 @@
+"""The Segment HTTP Tracking API, so unmodified Segment and RudderStack SDKs can send here.
+
+Paths: ``POST /v1/{track,identify,page,screen,group,alias,batch}`` and analytics.js' short
+paths ``/v1/{t,i,p,s,g,a,b}``. The write key comes from the body's ``writeKey``, HTTP Basic
+(username), ``X-Write-Key`` or ``?writeKey=``, in that order. Any content type is parsed as
+JSON (analytics.js sends text/plain); gzip bodies are decompressed within the size limit.
+
+Answers (docs/sources/segment.md): exactly ``200 {"success": true}`` after the commit (the
+SDKs treat any other 2xx as a failure and resend); ``400 {"success": false, "code":
+"invalid_request", "message": ...}`` only for input that can never be valid; 401 for an
+unknown write key; 413 over a limit; 503 + Retry-After when the store cannot commit. In a
+batch, messages that can never be valid are recorded as rejects and the rest accepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from tracklayerd.config import SegmentSource
+from tracklayerd.errors import StoreUnavailable
+from tracklayerd.ingest.common import (
+    ClientAddress,
+    KeyRing,
+    TooLarge,
+    UnreadableBody,
+    append_durably,
+    basic_username,
+    json_response,
+    read_body,
+    unavailable,
+)
+from tracklayerd.ingest.segment_messages import BatchFields, Prepared, prepare
+from tracklayerd.segment_wire import SHORT_PATHS, BatchProbe, batch_probe_decoder
+from tracklayerd.store.base import Store
+
+SUCCESS = msgspec.json.encode({"success": True})
+ORIGIN = "tracking_api"
+PATHS = ["track", "identify", "page", "screen", "group", "alias", "batch", *SHORT_PATHS]
+CORS_ALLOW_HEADERS = "Content-Type, Authorization, X-Write-Key, X-Retry-Count"
+
+
+class _SingleProbe(msgspec.Struct):
+    writeKey: Any = None  # Segment's camelCase wire name
+
+
+_single_probe_decoder = msgspec.json.Decoder(_SingleProbe)
+
+
+class SegmentIngest:
+    def __init__(
+        self,
+        sources: dict[str, SegmentSource],
+        store: Store,
+        *,
+        commit_timeout_secs: float,
+        client_address: ClientAddress,
+    ) -> None:
+        self._sources = sources
+        self._keys = KeyRing({sid: src.write_key for sid, src in sources.items()})
+        self._store = store
+        self._timeout = commit_timeout_secs
+        self._client_address = client_address
+        self._max_request = max(s.max_request_bytes for s in sources.values())
+        self._origins = {o for s in sources.values() for o in s.cors_origins}
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        for path in PATHS:
+            router.add_post(f"/v1/{path}", self.handle)
+            if self._origins:
+                router.add_route("OPTIONS", f"/v1/{path}", self.preflight)
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        headers = self._cors(request)
+        if not headers:
+            return web.Response(status=403)
+        headers.update({
+            "Access-Control-Allow-Methods": "POST, OPTIONS",
+            "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+            "Access-Control-Max-Age": "86400",
+        })
+        return web.Response(status=204, headers=headers)
+
+    def _cors(self, request: web.Request) -> dict[str, str]:
+        origin = request.headers.get("Origin")
+        if origin is None or not self._origins:
+            return {}
+        if "*" in self._origins or origin in self._origins:
+            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        return {}
+
+    async def handle(self, request: web.Request) -> web.Response:
+        response = await self._handle(request)
+        response.headers.update(self._cors(request))
+        return response
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        received_at = time.time()
+        kind = request.match_info.get("kind") or request.path.rsplit("/", 1)[-1]
+        kind = SHORT_PATHS.get(kind, kind)
+        try:
+            body = await read_body(request, self._max_request)
+        except TooLarge as exc:
+            return _error(413, "too_large", str(exc))
+        except UnreadableBody as exc:
+            return _error(400, "invalid_request", str(exc))
+
+        try:
+            if kind == "batch":
+                envelope = batch_probe_decoder.decode(body)
+                body_key = envelope.writeKey
+            else:
+                envelope = BatchProbe()
+                single = _single_probe_decoder.decode(body)
+                body_key = single.writeKey if isinstance(single.writeKey, str) else None
+        except msgspec.DecodeError as exc:
+            return _error(400, "invalid_request", f"malformed JSON: {exc}")
+        except msgspec.ValidationError as exc:
+            return _error(400, "invalid_request", f"invalid body: {exc}")
+
+        presented = (body_key or basic_username(request) or request.headers.get("X-Write-Key")
+                     or request.query.get("writeKey"))
+        source_id = self._keys.source_for(presented)
+        if source_id is None:
+            return _error(401, "unauthorized", "missing or unknown write key")
+        source = self._sources[source_id]
+        if len(body) > source.max_request_bytes:
+            return _error(413, "too_large", f"request body is {len(body)} bytes; "
+                                            f"the limit is {source.max_request_bytes}")
+
+        if kind == "batch":
+            if envelope.batch is None:
+                return _error(400, "invalid_request", "a batch needs a `batch` list")
+            if len(envelope.batch) > source.max_batch_events:
+                return _error(413, "too_large", f"batch has {len(envelope.batch)} messages; "
+                                                f"the limit is {source.max_batch_events}")
+            raws: list[msgspec.Raw] | list[bytes] = envelope.batch
+        else:
+            if len(body) > source.max_event_bytes:
+                return _error(413, "too_large", f"message is {len(body)} bytes; "
+                                                f"the limit is {source.max_event_bytes}")
+            raws = [body]
+        prepared = prepare(
+            raws,
+            BatchFields(origin=ORIGIN, type_hint=None if kind == "batch" else kind,
+                        context=envelope.context, integrations=envelope.integrations,
+                        sent_at=envelope.sentAt),
+            source_id=source_id, received_at=received_at,
+            request_ip=self._client_address(request), max_event_bytes=source.max_event_bytes,
+        )
+        return await commit_prepared(self._store, source_id, prepared, self._timeout)
+
+
+async def commit_prepared(
+    store: Store, source_id: str, prepared: Prepared, timeout_secs: float
+) -> web.Response:
+    """Record rejects, commit the rows, answer the way Segment's clients expect."""
+    if prepared.rejected:
+        details = "; ".join(f"[{i}] {reason}" for i, reason in prepared.rejected[:5])
+        with contextlib.suppress(StoreUnavailable):
+            await store.record_reject(
+                source_id, f"invalid_message: {len(prepared.rejected)} refused: {details}"
+            )
+    if not prepared.rows:
+        index, reason = prepared.rejected[0] if prepared.rejected else (0, "no messages")
+        return _error(400, "invalid_request", reason if len(prepared.rejected) <= 1
+                      else f"no valid messages; [{index}] {reason}")
+    try:
+        await append_durably(store, prepared.rows, timeout_secs)
+    except StoreUnavailable as exc:
+        return unavailable(exc, {"success": False, "code": "unavailable",
+                                 "message": "retry later"})
+    return web.Response(status=200, body=SUCCESS, content_type="application/json")
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return json_response(status, {"success": False, "code": code, "message": message})
