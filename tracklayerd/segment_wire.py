@@ -15,6 +15,7 @@ SHORT_PATHS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "
                "a": "alias", "b": "batch"}
 MAX_MESSAGE_ID_CHARS = 255
 KIND = "segment"
+JSON_NULL = msgspec.Raw(b"null")
 
 
 class MessageProbe(msgspec.Struct):
@@ -31,8 +32,9 @@ class MessageProbe(msgspec.Struct):
 class BatchProbe(msgspec.Struct):
     batch: list[msgspec.Raw] | None = None
     writeKey: str | None = None
-    context: msgspec.Raw | None = None
-    integrations: msgspec.Raw | None = None
+    # Raw cannot sit in a union with None: an empty Raw means absent.
+    context: msgspec.Raw = msgspec.Raw()
+    integrations: msgspec.Raw = msgspec.Raw()
     sentAt: str | None = None
 
 
@@ -43,8 +45,9 @@ class Envelope(msgspec.Struct, omit_defaults=True):
     message: msgspec.Raw
     origin: str  # tracking_api | segment_webhook | rudderstack_webhook
     type: str | None = None  # from the URL path when the message has none
-    context: msgspec.Raw | None = None  # batch-level context, merged into the message's
-    integrations: msgspec.Raw | None = None
+    # Batch-level context, merged into the message's (JSON null when the batch had none).
+    context: msgspec.Raw = msgspec.field(default_factory=lambda: JSON_NULL)
+    integrations: msgspec.Raw = msgspec.field(default_factory=lambda: JSON_NULL)
     sent_at: str | None = None  # batch-level sentAt
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from tracklayerd.segment_wire import (
+    JSON_NULL,
     KIND,
     Envelope,
     InvalidMessage,
@@ -38,8 +39,8 @@ class BatchFields:
 
     origin: str
     type_hint: str | None = None
-    context: msgspec.Raw | None = None
-    integrations: msgspec.Raw | None = None
+    context: msgspec.Raw = field(default_factory=msgspec.Raw)
+    integrations: msgspec.Raw = field(default_factory=msgspec.Raw)
     sent_at: str | None = None
 
 
@@ -75,8 +76,8 @@ def prepare(
             message=msgspec.Raw(message),
             origin=batch.origin,
             type=None if probe.type else batch.type_hint,
-            context=batch.context,
-            integrations=batch.integrations,
+            context=batch.context or JSON_NULL,
+            integrations=batch.integrations or JSON_NULL,
             sent_at=batch.sent_at,
         )
         prepared.rows.append(InboxRow(

@@ -50,9 +50,10 @@ def segment_to_event(
     try:
         envelope = envelope_decoder.decode(payload)
         message = _dict_decoder.decode(envelope.message)
-        batch_context = _dict_decoder.decode(envelope.context) if envelope.context else {}
+        # Batch-level fields of the wrong shape are ignored, not fatal to every message.
+        batch_context = _obj(msgspec.json.decode(envelope.context)) if envelope.context else {}
         batch_integrations = (
-            _dict_decoder.decode(envelope.integrations) if envelope.integrations else {}
+            _obj(msgspec.json.decode(envelope.integrations)) if envelope.integrations else {}
         )
     except msgspec.MsgspecError as exc:
         raise UndecodableMessage(f"stored Segment message does not decode: {exc}") from None
