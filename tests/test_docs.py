@@ -63,3 +63,38 @@ def test_every_destination_type_has_a_page_and_an_example(type_name: str) -> Non
 def test_every_source_type_is_documented(type_name: str) -> None:
     text = (DOCS / "configuration.md").read_text()
     assert f'"{type_name}"' in text
+
+
+def _section(text: str, heading: str) -> str:
+    """The text under a `## heading`, up to the next `## ` heading."""
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end == -1 else text[start:end]
+
+
+def _first_column(section: str) -> set[str]:
+    """The backticked names in the first column of the Markdown table rows of a section."""
+    names: set[str] = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.lstrip().startswith("|") and cells and cells[0].startswith("`"):
+            names.add(cells[0].strip("`"))
+    return names
+
+
+def test_every_contract_is_in_the_contracts_table() -> None:
+    from tracklayerd.pipeline.contracts import CONTRACTS
+
+    table = _first_column(_section((DOCS / "events.md").read_text(), "Contracts"))
+    missing = sorted(set(CONTRACTS) - table)
+    assert not missing, (
+        f"canonical events missing from the Contracts table in docs/events.md: {missing}"
+    )
+
+
+def test_every_builtin_canonical_name_is_in_mappings_md() -> None:
+    from tracklayerd.pipeline.mapping import BUILTIN_RULES
+
+    table = _first_column(_section((DOCS / "mappings.md").read_text(), "Built-in mappings"))
+    missing = sorted({rule.canonical for rule in BUILTIN_RULES} - table)
+    assert not missing, f"built-in canonical names missing from docs/mappings.md: {missing}"

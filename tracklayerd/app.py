@@ -39,14 +39,16 @@ async def error_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        code = exc.reason.lower().replace(" ", "_")
+        # "code" is what Segment's SDKs read; "error" is the native API's name for it.
         return json_response(
-            exc.status, {"success": False, "error": exc.reason.lower().replace(" ", "_"),
+            exc.status, {"success": False, "error": code, "code": code,
                          "message": exc.text or exc.reason},
             headers={k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")},
         )
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path)
-        return json_response(500, {"success": False, "error": "internal",
+        return json_response(500, {"success": False, "error": "internal", "code": "internal",
                                    "message": "internal error; retry later"})
 
 

@@ -30,7 +30,7 @@ log = logging.getLogger("tracklayerd")
 UNAUTHENTICATED_BANNER = """\
 *************************************************************************
 * tracklayerd is running as a LOCAL DEV MIRROR with NO AUTHENTICATION:   *
-* any token is accepted on %-44s *
+* any token or write key is accepted on %-31s *
 * Give it a config with tokens before exposing it (docs/configuration.md) *
 *************************************************************************"""
 
@@ -101,7 +101,7 @@ def serve(config_path: str | None = None, listen: str | None = None,
         shown = f"{host}:{port}" if config.embedded_default else ", ".join(
             config.unauthenticated_sources())
         for line in UNAUTHENTICATED_BANNER.splitlines():
-            log.warning(line.replace("%-44s", f"{shown:<44}"))
+            log.warning(line.replace("%-31s", f"{shown:<31}"))
     try:
         run_async(serve_app(config, host, port, directory))
     except TracklayerdError as exc:

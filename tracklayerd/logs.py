@@ -7,6 +7,7 @@ import sys
 import time
 
 import msgspec
+from aiohttp.web_protocol import RequestPayloadError
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,6 +24,15 @@ class JsonFormatter(logging.Formatter):
         return msgspec.json.encode(entry).decode()
 
 
+class _UndecodableBodyFilter(logging.Filter):
+    """aiohttp logs an undecodable request body (corrupt gzip) as an unhandled ERROR after
+    tracklayerd has already answered 400; nothing there needs an operator."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, RequestPayloadError)
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -34,3 +44,4 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log would record client IPs; it stays off.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_UndecodableBodyFilter())

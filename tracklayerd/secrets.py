@@ -17,6 +17,11 @@ from typing import Any
 REDACTED = "***"
 
 
+def as_bytes(text: str) -> bytes:
+    """Bytes of a str that came off the wire; undecodable bytes survive, nothing raises."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 class Secret:
     """A resolved secret. Use :meth:`reveal` at the one place the value is needed."""
 
@@ -30,8 +35,8 @@ class Secret:
         return self._value
 
     def matches(self, candidate: str) -> bool:
-        """Constant-time comparison with a presented credential."""
-        return hmac.compare_digest(self._value.encode(), candidate.encode())
+        """Constant-time comparison with a presented credential (any bytes, never raises)."""
+        return hmac.compare_digest(self._value.encode(), as_bytes(candidate))
 
     def describe(self) -> str:
         """Where the secret came from, never its value (for `/-/config` and `check`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -232,12 +233,22 @@ async def test_backpressure_answers_503_when_queue_is_full(
         "path": str(tmp_path / "tl.sqlite3"), "max_pending_events": 3,
     })
     client = await make_client(config)
+    # Nothing else waiting: a batch bigger than the bound is admitted (or it never would be).
     batch = {"events": [purchase(f"b{i}") for i in range(4)]}
-    resp = await client.post("/v1/events", json=batch, headers=auth())
-    assert resp.status == 503
-    assert resp.headers["Retry-After"] == "1"
-    resp = await client.post("/v1/events", json={"events": batch["events"][:3]}, headers=auth())
-    assert resp.status == 200
+    assert (await client.post("/v1/events", json=batch, headers=auth())).status == 200
+
+    release = threading.Event()
+    writer = store_of(client).writer
+    held = writer.submit(lambda conn: release.wait(10), rows=3)  # the writer is busy
+    try:
+        resp = await client.post("/v1/events", json=purchase("over"), headers=auth())
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "1"
+        assert (await client.get("/readyz")).status == 503
+    finally:
+        release.set()
+    await held
+    assert (await client.post("/v1/events", json=purchase("over"), headers=auth())).status == 200
 
 
 async def test_concurrent_requests_share_commits(make_client: Any) -> None:

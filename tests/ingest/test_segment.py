@@ -196,13 +196,16 @@ async def test_request_ip_is_the_users_only_for_client_side_libraries(
     client = await make_client(segment_config(tmp_path))
     browser = track("browser", context={"library": {"name": "analytics.js"}})
     server = track("server")  # analytics-python: the request comes from the shop's server
+    channel = track("channel", channel="server", context={"library": {"name": "custom"}})
     explicit = track("explicit", context={"ip": "203.0.113.9"})
     proxied = {"X-Forwarded-For": "198.51.100.23", **basic(KEY)}
-    for message in (browser, server, explicit):
+    for message in (browser, server, channel, explicit):
         assert (await client.post("/v1/track", json=message, headers=proxied)).status == 200
-    events = {e.message_id: e for e in await canonical(client, "browser", "server", "explicit")}
+    events = {e.message_id: e for e in
+              await canonical(client, "browser", "server", "channel", "explicit")}
     assert events["browser"].context.ip == "198.51.100.23"  # trusted proxy's X-Forwarded-For
     assert events["server"].context.ip is None
+    assert events["channel"].context.ip is None
     assert events["explicit"].context.ip == "203.0.113.9"
 
 
@@ -251,6 +254,38 @@ async def test_never_valid_input_is_400_invalid_request(make_client: Any, tmp_pa
         assert answer["message"]
 
 
+async def test_odd_credentials_are_401_never_500(make_client: Any, tmp_path: Path) -> None:
+    client = await make_client(segment_config(tmp_path))
+    odd = ["Basic \u00e9\u2713", "Basic " + base64.b64encode(b"\xff\xfe:").decode(), "Basic ==="]
+    for header in odd:
+        resp = await client.post("/v1/track", json=track("odd"), headers={"Authorization": header})
+        assert resp.status == 401, header
+    for key in ("\u00e9t\u00e9", "\u2713"):
+        resp = await client.post("/v1/track", json=track("odd"), headers={"X-Write-Key": key})
+        assert resp.status == 401
+    assert await store_of(client).inbox_message_ids("web") == []
+
+
+async def test_malformed_bodies_are_counted_for_their_source(
+    make_client: Any, tmp_path: Path
+) -> None:
+    client = await make_client(segment_config(tmp_path))
+    assert (await client.post("/v1/batch", data=b"{", headers=basic(KEY))).status == 400
+    assert (await client.post("/v1/batch", json={"x": 1}, headers=basic(KEY))).status == 400
+    rejects = await store_of(client).rejects("web")
+    assert [r.split(":")[0] for r in rejects] == ["invalid_request"] * 2
+    assert "malformed JSON" in rejects[0] and "`batch` list" in rejects[1]
+
+
+async def test_unknown_paths_answer_with_a_code_segment_clients_can_read(
+    make_client: Any, tmp_path: Path
+) -> None:
+    client = await make_client(segment_config(tmp_path))
+    for resp in (await client.post("/v1/import", json={}), await client.get("/v1/track")):
+        body = await resp.json()
+        assert resp.status in (404, 405) and body["code"] and body["message"]
+
+
 async def test_limits(make_client: Any, tmp_path: Path) -> None:
     client = await make_client(segment_config(
         tmp_path, max_event_bytes=1000, max_request_bytes=6000, max_batch_events=4))
@@ -276,6 +311,10 @@ async def test_cors_preflight_and_headers(make_client: Any, tmp_path: Path) -> N
     resp = await client.post("/v1/t", data=json.dumps({**track(), "writeKey": KEY}),
                              headers={"Origin": "https://shop.example"})
     assert resp.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    resp = await client.options("/v1/t", headers={
+        "Origin": "https://shop.example",
+        "Access-Control-Request-Headers": "content-type, anonymousid"})
+    assert resp.headers["Access-Control-Allow-Headers"] == "content-type, anonymousid"
     resp = await client.options("/v1/t", headers={"Origin": "https://evil.example"})
     assert resp.status == 403
     resp = await client.post("/v1/t", data=json.dumps({**track("x2"), "writeKey": KEY}),

@@ -138,6 +138,30 @@ async def test_webhook_events_keep_their_corrected_timestamp(
     assert json.loads(stored.body)["timestamp"] == "2026-11-20T10:00:00Z"
 
 
+async def test_webhook_request_address_is_never_the_users_ip(
+    make_client: Any, tmp_path: Path
+) -> None:
+    client = await make_client(config(tmp_path))
+    body = js_stringify(event("ip1", context={"library": {"name": "analytics.js"}}))
+    assert (await post(client, "/ingest/seg", body, Authorization=AUTH)).status == 200
+    await processor_of(client).run_until_idle()
+    (stored,) = await store_of(client).events_for("seg", ["ip1"])
+    assert stored.body is not None
+    assert "ip" not in json.loads(stored.body)["context"]  # 127.0.0.1 is Segment's server
+
+
+async def test_odd_signature_and_auth_values_are_401_never_500(
+    make_client: Any, tmp_path: Path
+) -> None:
+    client = await make_client(config(tmp_path))
+    body = js_stringify(event("odd"))
+    for headers in ({"X-Signature": "\u00e9\u2713"}, {"X-Segment-Signature": "\u00e9"},
+                    {"Authorization": "Bearer \u00e9t\u00e9"}):
+        assert (await post(client, "/ingest/seg", body, **headers)).status == 401
+    assert (await post(client, "/ingest/rud", body,
+                       **{"X-Rudder-Token": "\u00e9\u2713"})).status == 401
+
+
 async def test_rudderstack_webhook_header_and_body_forms(
     make_client: Any, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -17,7 +18,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from tracklayerd.errors import StoreUnavailable
-from tracklayerd.secrets import Secrets
+from tracklayerd.secrets import Secrets, as_bytes
 from tracklayerd.store.base import InboxRow, Store
 
 log = logging.getLogger("tracklayerd.ingest")
@@ -73,6 +74,12 @@ async def append_durably(
         raise StoreUnavailable(f"commit did not finish within {timeout_secs:g} s") from None
 
 
+async def note_reject(store: Store, source_id: str, reason: str) -> None:
+    """Count a refused input for its source; best effort (the sender is told either way)."""
+    with contextlib.suppress(StoreUnavailable):
+        await store.record_reject(source_id, reason)
+
+
 def unavailable(exc: StoreUnavailable, body: Any) -> web.Response:
     log.warning("ingest refused (503, sender will retry): %s", exc)
     return json_response(503, body, headers={"Retry-After": RETRY_AFTER_SECS})
@@ -104,7 +111,7 @@ class KeyRing:
 
 
 def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+    return hashlib.sha256(as_bytes(key)).digest()
 
 
 def basic_username(request: web.Request) -> str | None:
@@ -114,8 +121,8 @@ def basic_username(request: web.Request) -> str | None:
     if scheme.lower() != "basic" or not encoded:
         return None
     try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+        decoded = base64.b64decode(as_bytes(encoded.strip()), validate=True).decode()
+    except (binascii.Error, ValueError):
         return None
     return decoded.partition(":")[0] or None
 

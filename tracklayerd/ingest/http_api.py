@@ -13,7 +13,6 @@ Answers (docs/api.md):
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from tracklayerd.ingest.common import (
     UnreadableBody,
     append_durably,
     json_response,
+    note_reject,
     read_body,
     unavailable,
     validation_problem,
@@ -143,8 +143,8 @@ class NativeIngest:
             rows.append(self._row(source_id, event, raw_bytes, received_at, request))
         if rejected:
             details = "; ".join(f"{r['path']}: {r['message']}" for r in rejected[:5])
-            await self._note_reject(
-                source_id, f"invalid_event: {len(rejected)} in a batch: {details}"
+            await note_reject(
+                self._store, source_id, f"invalid_event: {len(rejected)} in a batch: {details}"
             )
         if not rows:
             return json_response(
@@ -185,13 +185,10 @@ class NativeIngest:
         self, source_id: str, code: str, message: str, path: str | None = None
     ) -> web.Response:
         reason = f"{code}: {path}: {message}" if path else f"{code}: {message}"
-        await self._note_reject(source_id, reason)
+        await note_reject(self._store, source_id, reason)
         return _error(400, code, message, path=path)
 
-    async def _note_reject(self, source_id: str, reason: str) -> None:
-        # Best effort: the sender is told in the answer either way.
-        with contextlib.suppress(StoreUnavailable):
-            await self._store.record_reject(source_id, reason)
+
 
 
 def _bearer(request: web.Request) -> str | None:

@@ -14,7 +14,6 @@ batch, messages that can never be valid are recorded as rejects and the rest acc
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ from tracklayerd.ingest.common import (
     append_durably,
     basic_username,
     json_response,
+    note_reject,
     read_body,
     unavailable,
 )
@@ -78,9 +78,12 @@ class SegmentIngest:
         headers = self._cors(request)
         if not headers:
             return web.Response(status=403)
+        # Browser SDKs add their own headers (RudderStack's AnonymousId, ...): an allowed
+        # origin may send whatever it asks for.
+        requested = request.headers.get("Access-Control-Request-Headers")
         headers.update({
             "Access-Control-Allow-Methods": "POST, OPTIONS",
-            "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+            "Access-Control-Allow-Headers": requested or CORS_ALLOW_HEADERS,
             "Access-Control-Max-Age": "86400",
         })
         return web.Response(status=204, headers=headers)
@@ -102,12 +105,14 @@ class SegmentIngest:
         received_at = time.time()
         kind = request.match_info.get("kind") or request.path.rsplit("/", 1)[-1]
         kind = SHORT_PATHS.get(kind, kind)
+        header_key = (basic_username(request) or request.headers.get("X-Write-Key")
+                      or request.query.get("writeKey"))
         try:
             body = await read_body(request, self._max_request)
         except TooLarge as exc:
             return _error(413, "too_large", str(exc))
         except UnreadableBody as exc:
-            return _error(400, "invalid_request", str(exc))
+            return await self._invalid(header_key, str(exc))
 
         try:
             if kind == "batch":
@@ -118,13 +123,11 @@ class SegmentIngest:
                 single = _single_probe_decoder.decode(body)
                 body_key = single.writeKey if isinstance(single.writeKey, str) else None
         except msgspec.DecodeError as exc:
-            return _error(400, "invalid_request", f"malformed JSON: {exc}")
+            return await self._invalid(header_key, f"malformed JSON: {exc}")
         except msgspec.ValidationError as exc:
-            return _error(400, "invalid_request", f"invalid body: {exc}")
+            return await self._invalid(header_key, f"invalid body: {exc}")
 
-        presented = (body_key or basic_username(request) or request.headers.get("X-Write-Key")
-                     or request.query.get("writeKey"))
-        source_id = self._keys.source_for(presented)
+        source_id = self._keys.source_for(body_key or header_key)
         if source_id is None:
             return _error(401, "unauthorized", "missing or unknown write key")
         source = self._sources[source_id]
@@ -134,7 +137,8 @@ class SegmentIngest:
 
         if kind == "batch":
             if envelope.batch is None:
-                return _error(400, "invalid_request", "a batch needs a `batch` list")
+                return await self._invalid(source_id, "a batch needs a `batch` list",
+                                           known=True)
             if len(envelope.batch) > source.max_batch_events:
                 return _error(413, "too_large", f"batch has {len(envelope.batch)} messages; "
                                                 f"the limit is {source.max_batch_events}")
@@ -155,16 +159,25 @@ class SegmentIngest:
         return await commit_prepared(self._store, source_id, prepared, self._timeout)
 
 
+    async def _invalid(
+        self, key_or_source: str | None, message: str, *, known: bool = False
+    ) -> web.Response:
+        """400 for a body that can never be valid, counted for its source when known."""
+        source_id = key_or_source if known else self._keys.source_for(key_or_source)
+        if source_id is not None:
+            await note_reject(self._store, source_id, f"invalid_request: {message}")
+        return _error(400, "invalid_request", message)
+
+
 async def commit_prepared(
     store: Store, source_id: str, prepared: Prepared, timeout_secs: float
 ) -> web.Response:
     """Record rejects, commit the rows, answer the way Segment's clients expect."""
     if prepared.rejected:
         details = "; ".join(f"[{i}] {reason}" for i, reason in prepared.rejected[:5])
-        with contextlib.suppress(StoreUnavailable):
-            await store.record_reject(
-                source_id, f"invalid_message: {len(prepared.rejected)} refused: {details}"
-            )
+        await note_reject(
+            store, source_id, f"invalid_message: {len(prepared.rejected)} refused: {details}"
+        )
     if not prepared.rows:
         index, reason = prepared.rejected[0] if prepared.rejected else (0, "no messages")
         return _error(400, "invalid_request", reason if len(prepared.rejected) <= 1

@@ -29,11 +29,12 @@ from tracklayerd.ingest.common import (
     ClientAddress,
     TooLarge,
     UnreadableBody,
+    note_reject,
     read_body,
 )
 from tracklayerd.ingest.segment import _error, commit_prepared
 from tracklayerd.ingest.segment_messages import BatchFields, prepare
-from tracklayerd.secrets import Secret
+from tracklayerd.secrets import Secret, as_bytes
 from tracklayerd.store.base import Store
 
 log = logging.getLogger("tracklayerd.ingest")
@@ -63,8 +64,8 @@ def split_events(body: bytes) -> list[msgspec.Raw]:
     return [msgspec.Raw(body)]
 
 
-def _hmac_sha1(secret: Secret, data: bytes) -> str:
-    return hmac.new(secret.reveal().encode(), data, hashlib.sha1).hexdigest()
+def _hmac_sha1(secret: Secret, data: bytes) -> bytes:
+    return hmac.new(secret.reveal().encode(), data, hashlib.sha1).hexdigest().encode()
 
 
 def segment_signature_ok(
@@ -72,7 +73,7 @@ def segment_signature_ok(
 ) -> bool:
     whole = headers.get("X-Segment-Signature")
     if whole:
-        return hmac.compare_digest(whole.strip().lower(), _hmac_sha1(secret, body))
+        return hmac.compare_digest(as_bytes(whole.strip().lower()), _hmac_sha1(secret, body))
     legacy = headers.get("X-Signature")
     if not legacy:
         return False
@@ -83,7 +84,7 @@ def segment_signature_ok(
         with contextlib.suppress(ValueError):
             candidates.append(json.dumps(json.loads(first), separators=(",", ":"),
                                          ensure_ascii=False).encode())
-    presented = legacy.strip().lower()
+    presented = as_bytes(legacy.strip().lower())
     matched = False
     for candidate in candidates:  # check all: the time taken does not say which matched
         matched |= hmac.compare_digest(presented, _hmac_sha1(secret, candidate))
@@ -118,6 +119,7 @@ class WebhookIngest:
         except TooLarge as exc:
             return _error(413, "too_large", str(exc))
         except UnreadableBody as exc:
+            # Not counted: the sender is not authenticated yet at this point.
             return _error(400, "invalid_request", str(exc))
         try:
             events = split_events(body)
@@ -132,6 +134,7 @@ class WebhookIngest:
                         "signature or authorization", source_id)
             return _error(401, "unauthorized", "missing or invalid signature or authorization")
         if events is None:
+            await note_reject(self._store, source_id, f"invalid_request: {problem}")
             return _error(400, "invalid_request", problem)
         if len(events) > source.max_batch_events:
             return _error(413, "too_large", f"{len(events)} events; the limit is "

@@ -90,7 +90,11 @@ def segment_to_event(
         message_type=message_type,
         user=_identity(message, traits, context_traits, properties, context),
         consent=_consent(context),
-        context=_context(message_type, context, properties, request_ip),
+        # Only the Tracking API hears from the device itself; a webhook's request comes from
+        # Segment's or RudderStack's servers.
+        context=_context(message_type, context, properties,
+                         request_ip if envelope.origin == "tracking_api" else None,
+                         message.get("channel")),
         properties=traits if message_type in ("identify", "group") else properties,
         integrations=integrations,
     )
@@ -173,12 +177,12 @@ def _identity(
 
 def _context(
     message_type: str, context: dict[str, Any], properties: dict[str, Any],
-    request_ip: str | None,
+    request_ip: str | None, channel: Any,
 ) -> Context:
     page = _obj(context.get("page"))
     on_page = message_type in ("page", "screen")
     ip = _text(context.get("ip"), 128)
-    if ip is None and request_ip is not None and _client_side(context):
+    if ip is None and request_ip is not None and _client_side(context, channel):
         ip = request_ip
     return Context(
         ip=ip,
@@ -192,12 +196,13 @@ def _context(
     )
 
 
-def _client_side(context: dict[str, Any]) -> bool:
+def _client_side(context: dict[str, Any], channel: Any) -> bool:
     """Whether the request came from the user's device (so its IP is the user's)."""
     if context.get("direct") is True:
         return True
     library = _text(_obj(context.get("library")).get("name"), 128) or ""
-    return not (context.get("channel") == "server" or library.startswith(SERVER_LIBRARIES))
+    server = "server" in (channel, context.get("channel"))
+    return not (server or library.startswith(SERVER_LIBRARIES))
 
 
 def _consent(context: dict[str, Any]) -> Consent | None:

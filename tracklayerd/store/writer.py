@@ -88,7 +88,9 @@ class Writer:
         """
         if self._stopped:
             raise StoreUnavailable("store is shutting down")
-        if rows and self._pending_rows + rows > self._max_pending_rows:
+        # A request bigger than the whole bound is admitted when nothing else waits, or it
+        # would be refused forever and its sender would retry it forever.
+        if rows and self._pending_rows and self._pending_rows + rows > self._max_pending_rows:
             raise StoreUnavailable("write queue is full")
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending_rows += rows
