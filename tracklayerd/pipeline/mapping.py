@@ -10,6 +10,7 @@ them already. See docs/mappings.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,16 +172,14 @@ def lookup(data: Mapping[str, Any], path: str) -> Any:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
+    """A finite float from a JSON number or numeric string; anything else is None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _value(
@@ -232,7 +231,8 @@ def _item(raw: Mapping[str, Any]) -> Item | None:
         return _text(raw, keys)
 
     item = Item(
-        id=text("product_id", "sku", "item_id", "id"),
+        # v1's `id` is v2's `product_id`; the SKU is the last resort (Segment's own order).
+        id=text("product_id", "item_id", "id", "sku"),
         name=text("name", "item_name"),
         category=text("category", "item_category"),
         brand=text("brand", "item_brand"),

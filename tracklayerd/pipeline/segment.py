@@ -71,11 +71,14 @@ def segment_to_event(
     )
 
     properties = _obj(message.get("properties"))
+    # Group traits describe the company, not the user: they stay properties, never identity.
     traits = _obj(message.get("traits")) if message_type in ("identify", "group") else {}
+    identity_traits = traits if message_type == "identify" else {}
     context_traits = _obj(context.get("traits"))
     name: str = message_type
     if message_type == "track":
-        name = _text(message.get("event"), 128) or "track"
+        # Platforms cap names at 40-128 characters; a longer one is cut, not lost.
+        name = (_text(message.get("event"), 100_000) or "track")[:128]
 
     explicit = _text(properties.get("event_id") or properties.get("eventId")
                      or traits.get("event_id"), 255)
@@ -88,7 +91,7 @@ def segment_to_event(
         received_at=received,
         source=source,
         message_type=message_type,
-        user=_identity(message, traits, context_traits, properties, context),
+        user=_identity(message, identity_traits, context_traits, properties, context),
         consent=_consent(context),
         # Only the Tracking API hears from the device itself; a webhook's request comes from
         # Segment's or RudderStack's servers.
@@ -124,9 +127,9 @@ def _when(value: Any) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # not a time, or outside what UTC can represent
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _identity(
@@ -147,8 +150,8 @@ def _identity(
     first = trait("firstName", "first_name", props=True)
     last = trait("lastName", "last_name", props=True)
     full = trait("name")
-    if full and not first and not last and " " in full.strip():
-        first, _, last = full.strip().partition(" ")
+    if full and not first and not last and len(parts := full.split(None, 1)) == 2:
+        first, last = parts
     ids: dict[str, str | None] = {}
     for field, keys in CLICK_ID_KEYS.items():
         ids[field] = next(
