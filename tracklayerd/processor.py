@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 
+from tracklayerd import memory
 from tracklayerd.config import Config
 from tracklayerd.errors import StoreUnavailable
 from tracklayerd.events import event_encoder
@@ -25,6 +26,10 @@ log = logging.getLogger("tracklayerd.processor")
 CURSOR = "processor"
 SLICE = 500
 RETRY_SECS = 1.0
+# Under ingest load the processor sleeps this many times as long as its last slice took,
+# i.e. it keeps about 1 / (1 + YIELD_FACTOR) of the time.
+YIELD_FACTOR = 2.0
+MAX_YIELD_SECS = 0.25
 
 
 class Pipeline:
@@ -85,6 +90,7 @@ class Processor:
         self._wake = asyncio.Event()
         self._position: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._busy_since_idle = False
         store.on_inbox_append(self.wake)
 
     def wake(self) -> None:
@@ -120,16 +126,27 @@ class Processor:
         return total
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
+            started = loop.time()
             try:
                 processed = await self.process_slice()
+                self._busy_since_idle |= bool(processed)
             except StoreUnavailable as exc:
                 log.warning("processor paused: %s; retrying in %.0f s", exc, RETRY_SECS)
                 await asyncio.sleep(RETRY_SECS)
                 continue
             if not processed:
+                if self._busy_since_idle:
+                    self._busy_since_idle = False
+                    memory.release_free_memory()  # a burst is over: give its heap back
                 await self._wake.wait()
+            elif self._store.ingest_waiting():
+                # Senders are waiting for commits: acceptance comes first, since it is what
+                # makes an event safe. The processor keeps a share of the time (a backlog
+                # drains after the burst) instead of halving ingest throughput.
+                await asyncio.sleep(min((loop.time() - started) * YIELD_FACTOR, MAX_YIELD_SECS))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="tracklayerd-processor")

@@ -492,7 +492,7 @@ def read_db(db: Path, query: str) -> tuple[Any, ...]:
 
 BACKLOG_SQL = (
     "SELECT coalesce((SELECT max(seq) FROM inbox), 0)"
-    " - coalesce((SELECT max(inbox_seq) FROM events), 0)"
+    " - coalesce((SELECT max(id) FROM events), 0)"
 )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -67,11 +66,7 @@ async def append_durably(
     After a timeout the rows may still commit; the sender's retry is then deduplicated by
     (source, message_id), so a 503 never causes a duplicate and a 200 is never premature.
     """
-    try:
-        async with asyncio.timeout(timeout_secs):
-            return await store.append_inbox(rows)
-    except TimeoutError:
-        raise StoreUnavailable(f"commit did not finish within {timeout_secs:g} s") from None
+    return await store.append_inbox(rows, commit_timeout=timeout_secs)
 
 
 async def note_reject(store: Store, source_id: str, reason: str) -> None:

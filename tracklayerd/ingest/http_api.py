@@ -37,6 +37,8 @@ from tracklayerd.ingest.common import (
 from tracklayerd.store.base import InboxRow, Store
 
 KIND = "native"
+ONE_NEW = msgspec.json.encode({"success": True, "accepted": 1, "duplicates": 0})
+ONE_DUPLICATE = msgspec.json.encode({"success": True, "accepted": 1, "duplicates": 1})
 
 
 class _Probe(msgspec.Struct):
@@ -78,39 +80,34 @@ class NativeIngest:
             return _error(413, "too_large", str(exc))
         except UnreadableBody as exc:
             return _error(400, "invalid_request", str(exc))
+        # Most requests are one valid event: decode it as one first (a batch fails fast, on
+        # its unknown top-level "events" key) and look closer only when that fails.
+        try:
+            event = native_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            if not isinstance(exc, msgspec.ValidationError):
+                return await self._reject(source_id, "malformed_json", f"malformed JSON: {exc}")
+            single_error = exc
+        else:
+            if len(body) > source.max_event_bytes:
+                return _too_big_event(len(body), source.max_event_bytes)
+            row = self._row(source_id, event, body, received_at, self._client_address(request))
+            return await self._commit([row], rejected=[])
         try:
             probe = _probe_decoder.decode(body)
         except msgspec.ValidationError:
-            # Valid JSON but not an object with an "events" list: let the event decoder say why.
-            probe = _Probe()
-        except msgspec.DecodeError as exc:
-            return await self._reject(source_id, "malformed_json", f"malformed JSON: {exc}")
-
+            probe = _Probe()  # not an object with an "events" list: a bad single event
         if probe.events is None:
-            return await self._single(source_id, source, body, received_at, request)
+            if len(body) > source.max_event_bytes:
+                return _too_big_event(len(body), source.max_event_bytes)
+            path, message = validation_problem(single_error)
+            return await self._reject(source_id, "invalid_event", message, path=path)
         try:
             batch = _batch_decoder.decode(body)  # strict: no other top-level keys
         except msgspec.ValidationError as exc:
             path, message = validation_problem(exc)
             return await self._reject(source_id, "invalid_request", message, path=path)
         return await self._batch(source_id, source, batch.events, received_at, request)
-
-    async def _single(
-        self, source_id: str, source: HttpApiSource, body: bytes, received_at: float,
-        request: web.Request,
-    ) -> web.Response:
-        if len(body) > source.max_event_bytes:
-            return _error(
-                413, "too_large",
-                f"event is {len(body)} bytes; the limit is {source.max_event_bytes}",
-            )
-        try:
-            event = native_decoder.decode(body)
-        except msgspec.ValidationError as exc:
-            path, message = validation_problem(exc)
-            return await self._reject(source_id, "invalid_event", message, path=path)
-        row = self._row(source_id, event, body, received_at, request)
-        return await self._commit([row], rejected=[])
 
     async def _batch(
         self, source_id: str, source: HttpApiSource, raws: list[msgspec.Raw],
@@ -125,13 +122,10 @@ class NativeIngest:
             )
         for index, raw in enumerate(raws):
             if len(raw) > source.max_event_bytes:
-                return _error(
-                    413, "too_large",
-                    f"event is {len(raw)} bytes; the limit is {source.max_event_bytes}",
-                    path=f"$.events[{index}]",
-                )
+                return _too_big_event(len(raw), source.max_event_bytes, f"$.events[{index}]")
         rows: list[InboxRow] = []
         rejected: list[dict[str, Any]] = []
+        request_ip = self._client_address(request)
         for index, raw in enumerate(raws):
             raw_bytes = bytes(raw)
             try:
@@ -140,7 +134,7 @@ class NativeIngest:
                 path, message = validation_problem(exc, f"$.events[{index}]")
                 rejected.append({"index": index, "path": path, "message": message})
                 continue
-            rows.append(self._row(source_id, event, raw_bytes, received_at, request))
+            rows.append(self._row(source_id, event, raw_bytes, received_at, request_ip))
         if rejected:
             details = "; ".join(f"{r['path']}: {r['message']}" for r in rejected[:5])
             await note_reject(
@@ -156,7 +150,7 @@ class NativeIngest:
 
     def _row(
         self, source_id: str, event: NativeEvent, raw: bytes, received_at: float,
-        request: web.Request,
+        request_ip: str | None,
     ) -> InboxRow:
         return InboxRow(
             source=source_id,
@@ -164,7 +158,7 @@ class NativeIngest:
             kind=KIND,
             received_at=received_at,
             payload=raw,
-            request_ip=self._client_address(request),
+            request_ip=request_ip,
         )
 
     async def _commit(self, rows: list[InboxRow], rejected: list[dict[str, Any]]) -> web.Response:
@@ -174,6 +168,9 @@ class NativeIngest:
             return unavailable(
                 exc, {"success": False, "error": "unavailable", "message": "retry later"}
             )
+        if len(rows) == 1 and not rejected:
+            return web.Response(body=ONE_NEW if inserted else ONE_DUPLICATE,
+                                content_type="application/json")
         answer: dict[str, Any] = {
             "success": True, "accepted": len(rows), "duplicates": len(rows) - inserted,
         }
@@ -189,6 +186,10 @@ class NativeIngest:
         return _error(400, code, message, path=path)
 
 
+
+
+def _too_big_event(size: int, limit: int, path: str | None = None) -> web.Response:
+    return _error(413, "too_large", f"event is {size} bytes; the limit is {limit}", path=path)
 
 
 def _bearer(request: web.Request) -> str | None:

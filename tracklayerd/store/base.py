@@ -66,13 +66,19 @@ class Store(Protocol):
     def healthy(self) -> bool:
         """False when the store can no longer write at all (e.g. its writer died)."""
 
+    def ingest_waiting(self) -> bool:
+        """True while inbox appends are queued for commit (senders are waiting)."""
+
     def on_inbox_append(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the event loop) after a commit that added inbox rows."""
 
-    async def append_inbox(self, rows: Sequence[InboxRow]) -> int:
+    async def append_inbox(
+        self, rows: Sequence[InboxRow], commit_timeout: float | None = None
+    ) -> int:
         """Durably store rows; duplicates of (source, message_id) are ignored.
 
-        Returns how many were new. Raises StoreUnavailable when it cannot commit.
+        Returns how many were new. Raises StoreUnavailable when it cannot commit, or not
+        within commit_timeout seconds (the rows may still commit later).
         """
 
     async def record_reject(self, source: str, reason: str) -> None:

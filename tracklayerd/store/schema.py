@@ -25,8 +25,7 @@ MIGRATIONS: list[str] = [
         position INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        inbox_seq INTEGER NOT NULL UNIQUE,
+        id INTEGER PRIMARY KEY,                 -- the inbox seq it was processed from
         source TEXT NOT NULL,
         event_id TEXT NOT NULL,
         name TEXT,

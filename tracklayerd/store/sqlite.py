@@ -46,6 +46,10 @@ SAFETY_AUTOCHECKPOINT_PAGES = 50_000
 CHECKPOINT_IDLE_SECS = 1.0
 REJECT_REASON_CHARS = 2000
 INBOX_TAG = "inbox"
+INSERT_INBOX = (
+    "INSERT OR IGNORE INTO inbox (source, message_id, kind, received_at, request_ip, payload)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
 FULL_FRACTION = 0.98
 
 
@@ -130,6 +134,9 @@ class SQLiteStore:
     def healthy(self) -> bool:
         return self._writer is not None and self._writer.alive
 
+    def ingest_waiting(self) -> bool:
+        return self._writer is not None and self._writer.pending_tagged(INBOX_TAG) > 0
+
     @property
     def writer(self) -> Writer:
         if self._writer is None:
@@ -178,6 +185,9 @@ class SQLiteStore:
                 conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 self.checkpoints += 1
+                # The bulk is copied; the writer finishes the tail between two groups.
+                if self._writer is not None:
+                    self._writer.checkpoint_tail_wanted = True
             finally:
                 conn.close()
         except sqlite3.Error as exc:
@@ -185,22 +195,23 @@ class SQLiteStore:
 
     # -- ingest ---------------------------------------------------------------------------
 
-    async def append_inbox(self, rows: Sequence[InboxRow]) -> int:
+    async def append_inbox(
+        self, rows: Sequence[InboxRow], commit_timeout: float | None = None
+    ) -> int:
         params = [
             (r.source, r.message_id, r.kind, r.received_at, r.request_ip, r.payload) for r in rows
         ]
 
         def job(conn: sqlite3.Connection) -> int:
+            if len(params) == 1:  # most requests: skip executemany's per-call overhead
+                return conn.execute(INSERT_INBOX, params[0]).rowcount
             before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO inbox"
-                " (source, message_id, kind, received_at, request_ip, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                params,
-            )
+            conn.executemany(INSERT_INBOX, params)
             return conn.total_changes - before
 
-        inserted: int = await self.writer.run(job, rows=len(params), tag=INBOX_TAG)
+        inserted: int = await self.writer.run(
+            job, rows=len(params), tag=INBOX_TAG, commit_timeout=commit_timeout
+        )
         return inserted
 
     async def record_reject(self, source: str, reason: str) -> None:
@@ -255,22 +266,29 @@ class SQLiteStore:
     ) -> None:
         now = time.time()
 
+        # An event's id is its inbox seq, so a slice is two executemany calls, and a slice
+        # processed twice (crash between commit and cursor) changes nothing the second time.
+        event_rows = [
+            (ev.inbox_seq, ev.source, ev.event_id, ev.name, ev.status, ev.reason,
+             ev.occurred_at, ev.received_at, ev.body)
+            for ev in events
+        ]
+        delivery_rows = [
+            (ev.inbox_seq, d.destination, d.status, now, d.reason, now)
+            for ev in events for d in ev.deliveries
+        ]
+
         def job(conn: sqlite3.Connection) -> None:
-            for ev in events:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO events (inbox_seq, source, event_id, name, status,"
-                    " reason, occurred_at, received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (ev.inbox_seq, ev.source, ev.event_id, ev.name, ev.status, ev.reason,
-                     ev.occurred_at, ev.received_at, ev.body),
-                )
-                if not cur.rowcount or not ev.deliveries:
-                    continue  # already processed (a replayed slice) or nothing to deliver
-                event_row = cur.lastrowid
+            conn.executemany(
+                "INSERT OR IGNORE INTO events (id, source, event_id, name, status,"
+                " reason, occurred_at, received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                event_rows,
+            )
+            if delivery_rows:
                 conn.executemany(
-                    "INSERT INTO deliveries (event_row, destination, status, next_attempt_at,"
-                    " last_reason, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(event_row, d.destination, d.status, now, d.reason, now)
-                     for d in ev.deliveries],
+                    "INSERT OR IGNORE INTO deliveries (event_row, destination, status,"
+                    " next_attempt_at, last_reason, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    delivery_rows,
                 )
             conn.execute(
                 "INSERT INTO cursors (name, position) VALUES (?, ?)"
@@ -278,7 +296,7 @@ class SQLiteStore:
                 (cursor_name, position),
             )
 
-        await self.writer.run(job, rows=len(events) + 1)
+        await self.writer.run(job, rows=len(event_rows) + len(delivery_rows) + 1)
 
     # -- health and inspection ------------------------------------------------------------
 
@@ -314,7 +332,7 @@ class SQLiteStore:
     async def events_for(self, source: str, event_ids: Sequence[str]) -> list[StoredEvent]:
         marks = ",".join("?" * len(event_ids))
         rows = await self._fetchall(
-            "SELECT id, inbox_seq, source, event_id, status, name, reason, body FROM events"
+            "SELECT id, id, source, event_id, status, name, reason, body FROM events"
             f" WHERE source = ? AND event_id IN ({marks}) ORDER BY id",
             (source, *event_ids),
         )

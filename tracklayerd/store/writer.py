@@ -1,8 +1,10 @@
 """The single SQLite writer: one thread, one connection, group commit.
 
 Callers submit jobs (functions of a connection) from the event loop. The thread takes
-everything queued, runs the jobs in one transaction (each inside a SAVEPOINT, so one failing
-job does not undo the others) and COMMITs once; only then are the callers' futures resolved.
+everything queued, runs the jobs in one transaction and COMMITs once; only then are the
+callers' futures resolved. Jobs must be safe to run again: when one fails, the transaction
+is rolled back and the group rerun with each job in a SAVEPOINT, so one failing job does not
+undo the others (the common case pays for no savepoints).
 While one COMMIT (and its fsync) is in progress the next group forms on its own, so commit
 size follows load. A hand-rolled thread rather than aiosqlite on this path: it costs one
 thread hop per group instead of several per statement (reference/performance.md §3c:
@@ -12,6 +14,7 @@ thread hop per group instead of several per statement (reference/performance.md 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import sqlite3
@@ -63,9 +66,17 @@ class Writer:
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._max_pending_rows = max_pending_rows
         self._pending_rows = 0  # touched only on the event loop thread
+        self._pending_by_tag: collections.Counter[str] = collections.Counter()
         self._on_commit = on_commit
         self._thread: threading.Thread | None = None
         self._stopped = False
+        # (deadline, future) in submission order; one timer sweeps them (cheaper than a
+        # timeout per request).
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[Any]]] = (
+            collections.deque())
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        # Set from the loop, read by the writer between groups: finish a WAL checkpoint.
+        self.checkpoint_tail_wanted = False
         self.stats = WriterStats()
 
     def start(self) -> None:
@@ -79,12 +90,16 @@ class Writer:
     async def wait_ready(self) -> None:
         await self._ready
 
-    def submit(self, job: Job, rows: int = 1, tag: str | None = None) -> asyncio.Future[Any]:
+    def submit(
+        self, job: Job, rows: int = 1, tag: str | None = None,
+        commit_timeout: float | None = None,
+    ) -> asyncio.Future[Any]:
         """Queue a job for the next group commit; the future resolves after COMMIT.
 
         `rows` counts towards the backpressure bound; `tag` is passed to `on_commit` once the
         job has committed (even if the caller stopped waiting). Raises StoreUnavailable at
-        once when the queue is over its bound.
+        once when the queue is over its bound. After `commit_timeout` s the future fails with
+        StoreUnavailable; the job may still commit later (callers' retries are idempotent).
         """
         if self._stopped:
             raise StoreUnavailable("store is shutting down")
@@ -94,13 +109,33 @@ class Writer:
             raise StoreUnavailable("write queue is full")
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending_rows += rows
+        if tag is not None:
+            self._pending_by_tag[tag] += 1
         self._queue.put(_Pending(job, future, rows, tag))
+        if commit_timeout is not None:
+            deadline = self._loop.time() + commit_timeout
+            self._deadlines.append((deadline, future))
+            if self._sweep_handle is None:
+                self._sweep_handle = self._loop.call_at(deadline, self._sweep)
         return future
 
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        now = self._loop.time()
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+            _, future = deadlines.popleft()
+            if not future.done():
+                future.set_exception(StoreUnavailable(
+                    "commit did not finish in time (storage.commit_timeout_secs)"))
+        if deadlines:
+            self._sweep_handle = self._loop.call_at(deadlines[0][0], self._sweep)
+
     async def run(
-        self, job: Callable[[sqlite3.Connection], T], rows: int = 1, tag: str | None = None
+        self, job: Callable[[sqlite3.Connection], T], rows: int = 1, tag: str | None = None,
+        commit_timeout: float | None = None,
     ) -> T:
-        result: T = await self.submit(job, rows, tag)
+        result: T = await self.submit(job, rows, tag, commit_timeout)
         return result
 
     async def stop(self) -> None:
@@ -111,6 +146,13 @@ class Writer:
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+
+    def pending_tagged(self, tag: str) -> int:
+        """Jobs with this tag submitted and not yet resolved."""
+        return self._pending_by_tag[tag]
 
     @property
     def alive(self) -> bool:
@@ -144,6 +186,9 @@ class Writer:
                     group.append(item)
                     rows += item.rows
                 self._commit_group(conn, group, rows)
+                if self.checkpoint_tail_wanted:
+                    self.checkpoint_tail_wanted = False
+                    self._checkpoint_tail(conn)
                 if stop:
                     break
             # Drain what raced with stop(): commit it rather than drop it.
@@ -160,8 +205,65 @@ class Writer:
         finally:
             conn.close()
 
+    def _checkpoint_tail(self, conn: sqlite3.Connection) -> None:
+        # A background checkpoint copies the bulk of the WAL while commits go on, but under
+        # continuous writes it never reaches the end, so the WAL never restarts and grows
+        # until SQLite checkpoints inside a COMMIT (a stall of hundreds of ms). Between two
+        # groups no write is in progress: the few frames left copy fast and the next write
+        # starts the WAL from the beginning again.
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint in the writer failed: %s", exc)
+
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Pending], rows: int) -> None:
         started = time.perf_counter()
+        outcomes = self._commit_fast(conn, group)
+        if outcomes is None:
+            outcomes = self._commit_isolated(conn, group)
+        if any(ok for _, ok, _ in outcomes):
+            self.stats.commits += 1
+            self.stats.rows += rows
+            self.stats.rows_since_checkpoint += rows
+            self.stats.last_error = None
+        self.stats.last_commit_secs = time.perf_counter() - started
+        self._loop.call_soon_threadsafe(self._resolve, outcomes, rows)
+
+    def _commit_fast(
+        self, conn: sqlite3.Connection, group: list[_Pending]
+    ) -> list[tuple[_Pending, bool, Any]] | None:
+        """All jobs in one transaction, no savepoints; None when a job failed."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return self._all_failed(conn, group, exc)
+        results = []
+        for pending in group:
+            try:
+                results.append(pending.job(conn))
+            except Exception:
+                _rollback(conn)
+                return None
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            return self._all_failed(conn, group, exc)
+        return [(p, True, r) for p, r in zip(group, results, strict=True)]
+
+    def _all_failed(
+        self, conn: sqlite3.Connection, group: list[_Pending], exc: sqlite3.Error
+    ) -> list[tuple[_Pending, bool, Any]]:
+        _rollback(conn)
+        error = StoreUnavailable(f"commit failed: {_describe(exc)}")
+        self.stats.failed_commits += 1
+        self.stats.last_error = str(error)
+        log.error("store %s; %d writes refused, senders will retry", error, len(group))
+        return [(p, False, error) for p in group]
+
+    def _commit_isolated(
+        self, conn: sqlite3.Connection, group: list[_Pending]
+    ) -> list[tuple[_Pending, bool, Any]]:
+        """The slow path: each job in a SAVEPOINT, so only the failing ones fail."""
         failed: dict[int, Exception] = {}
         while True:
             results: dict[int, Any] = {}
@@ -190,43 +292,37 @@ class Writer:
                     continue
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                _rollback(conn)
-                error = StoreUnavailable(f"commit failed: {_describe(exc)}")
-                self.stats.failed_commits += 1
-                self.stats.last_error = str(error)
-                log.error("store %s; %d writes refused, senders will retry", error, len(group))
-                outcomes = [(p, False, failed.get(i, error)) for i, p in enumerate(group)]
-            else:
-                self.stats.commits += 1
-                self.stats.rows += rows
-                self.stats.rows_since_checkpoint += rows
-                self.stats.last_error = None
-                for message in {str(e) for e in failed.values()}:
-                    log.error("store write refused: %s", message)
-                outcomes = [
-                    (p, False, failed[i]) if i in failed else (p, True, results[i])
-                    for i, p in enumerate(group)
-                ]
-            break
-        self.stats.last_commit_secs = time.perf_counter() - started
-        self._loop.call_soon_threadsafe(self._resolve, outcomes, rows)
+                everyone = self._all_failed(conn, group, exc)
+                return [(p, False, failed.get(i, error))
+                        for i, (p, _, error) in enumerate(everyone)]
+            for message in {str(e) for e in failed.values()}:
+                log.error("store write refused: %s", message)
+            return [
+                (p, False, failed[i]) if i in failed else (p, True, results[i])
+                for i, p in enumerate(group)
+            ]
 
     def _resolve(self, outcomes: list[tuple[_Pending, bool, Any]], rows: int) -> None:
         self._pending_rows -= rows
         tags: set[str] = set()
         committed = False
         for pending, ok, value in outcomes:
+            if pending.tag is not None:
+                self._pending_by_tag[pending.tag] -= 1
             if ok:
                 committed = True
                 if pending.tag is not None:
                     tags.add(pending.tag)
             future = pending.future
-            if future.cancelled():
-                continue  # the caller gave up waiting (timeout); the write stands
+            if future.done():
+                continue  # the caller was answered already (timeout); the write stands
             if ok:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1].done():
+            deadlines.popleft()
         if committed and self._on_commit is not None:
             self._on_commit(rows, tags)
 
