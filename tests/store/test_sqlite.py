@@ -190,3 +190,17 @@ async def test_transaction_aborted_by_sqlite_retries_the_rest_of_the_group(
     with pytest.raises(StoreUnavailable, match="full"):
         await group[1].future
     await store.close()
+
+
+async def test_coalesced_appends_still_count_duplicates_per_caller(store: SQLiteStore) -> None:
+    assert await store.append_inbox([row("seen")]) == 1
+    # Submitted together, these share one group and one executemany; the duplicate forces
+    # the per-job path, and each caller learns its own count.
+    results = await asyncio.gather(
+        store.append_inbox([row("n1"), row("n2")]),
+        store.append_inbox([row("seen"), row("n3")]),
+        store.append_inbox([row("n4")]),
+        store.append_inbox([row("n4")]),
+    )
+    assert results == [2, 1, 1, 0]
+    assert await store.inbox_message_ids("web") == ["seen", "n1", "n2", "n3", "n4"]

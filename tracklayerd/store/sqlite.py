@@ -38,7 +38,7 @@ from tracklayerd.store.base import (
     ProcessedEvent,
     StoredEvent,
 )
-from tracklayerd.store.writer import Writer
+from tracklayerd.store.writer import BulkInsert, Writer
 
 log = logging.getLogger("tracklayerd.store")
 
@@ -202,15 +202,9 @@ class SQLiteStore:
             (r.source, r.message_id, r.kind, r.received_at, r.request_ip, r.payload) for r in rows
         ]
 
-        def job(conn: sqlite3.Connection) -> int:
-            if len(params) == 1:  # most requests: skip executemany's per-call overhead
-                return conn.execute(INSERT_INBOX, params[0]).rowcount
-            before = conn.total_changes
-            conn.executemany(INSERT_INBOX, params)
-            return conn.total_changes - before
-
         inserted: int = await self.writer.run(
-            job, rows=len(params), tag=INBOX_TAG, commit_timeout=commit_timeout
+            BulkInsert(INSERT_INBOX, params), rows=len(params), tag=INBOX_TAG,
+            commit_timeout=commit_timeout,
         )
         return inserted
 

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from tracklayerd.errors import StoreUnavailable
 
@@ -32,6 +32,25 @@ Job = Callable[[sqlite3.Connection], Any]
 
 # Bounds one transaction so a huge backlog still commits (and acknowledges) in slices.
 MAX_ROWS_PER_COMMIT = 5000
+
+
+class BulkInsert:
+    """A job inserting rows with one statement. Consecutive BulkInserts of the same SQL in a
+    group share one executemany (the ingest hot path: one call per group, not per request).
+
+    Called on its own it returns how many rows were new (INSERT OR IGNORE).
+    """
+
+    __slots__ = ("rows", "sql")
+
+    def __init__(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self.sql = sql
+        self.rows = rows
+
+    def __call__(self, conn: sqlite3.Connection) -> int:
+        before = conn.total_changes
+        conn.executemany(self.sql, self.rows)
+        return conn.total_changes - before
 
 
 @dataclass(slots=True)
@@ -237,13 +256,32 @@ class Writer:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             return self._all_failed(conn, group, exc)
-        results = []
-        for pending in group:
-            try:
-                results.append(pending.job(conn))
-            except Exception:
-                _rollback(conn)
-                return None
+        results: list[Any] = []
+        try:
+            index = 0
+            while index < len(group):
+                job = group[index].job
+                if not isinstance(job, BulkInsert):
+                    results.append(job(conn))
+                    index += 1
+                    continue
+                end = index + 1
+                while end < len(group) and _same_bulk(group[end].job, job.sql):
+                    end += 1
+                jobs = [cast(BulkInsert, p.job) for p in group[index:end]]
+                rows = [row for bulk in jobs for row in bulk.rows] if end - index > 1 else job.rows
+                before = conn.total_changes
+                conn.executemany(job.sql, rows)
+                if conn.total_changes - before != len(rows):
+                    # Some rows were already there: each caller must learn its own count,
+                    # so the group reruns job by job (rare: retries of committed events).
+                    _rollback(conn)
+                    return None
+                results.extend(len(bulk.rows) for bulk in jobs)
+                index = end
+        except Exception:
+            _rollback(conn)
+            return None
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -325,6 +363,10 @@ class Writer:
             deadlines.popleft()
         if committed and self._on_commit is not None:
             self._on_commit(rows, tags)
+
+
+def _same_bulk(job: Job, sql: str) -> bool:
+    return isinstance(job, BulkInsert) and job.sql == sql
 
 
 def _job_error(exc: Exception) -> Exception:
