@@ -336,6 +336,8 @@ async def test_allowlist_drops_are_stored_with_reason_not_refused(
     assert stored["dropped"].status == "dropped"
     assert stored["dropped"].reason is not None
     assert "not in the allowlist of source web: 'Product Viewed'" in stored["dropped"].reason
+    counts = await store_of(client).counts()
+    assert (counts["events.accepted"], counts["events.dropped"]) == (2, 1)
 
 
 segment_keys = st.sampled_from(["type", "event", "userId", "anonymousId", "messageId",

@@ -321,6 +321,10 @@ class SQLiteStore:
             "SELECT status, count(*) FROM deliveries GROUP BY status", ()
         ):
             result[f"deliveries.{status}"] = int(n)
+        for status, n in await self._fetchall(
+            "SELECT status, count(*) FROM events GROUP BY status", ()
+        ):
+            result[f"events.{status}"] = int(n)
         return result
 
     async def events_for(self, source: str, event_ids: Sequence[str]) -> list[StoredEvent]:
