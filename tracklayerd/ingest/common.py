@@ -40,6 +40,28 @@ class UnreadableBody(Exception):
     """The body cannot be read as sent (e.g. a corrupt gzip stream): 400."""
 
 
+def error_response(
+    status: int, code: str, message: str, path: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """The one error shape of every endpoint: `code` is what Segment's SDKs read, `error` the
+    same value under the native API's name, `path` the JSON path of the problem when known."""
+    payload: dict[str, Any] = {"success": False, "error": code, "code": code, "message": message}
+    if path is not None:
+        payload["path"] = path
+    return json_response(status, payload, headers=headers)
+
+
+async def read_body_or_answer(request: web.Request, max_bytes: int) -> bytes | web.Response:
+    """The body, or the answer to give when it is over the limit (413) or unreadable (400)."""
+    try:
+        return await read_body(request, max_bytes)
+    except TooLarge as exc:
+        return error_response(413, "too_large", str(exc))
+    except UnreadableBody as exc:
+        return error_response(400, "invalid_request", str(exc))
+
+
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
     """The body, refusing (TooLarge) anything over max_bytes.
 
@@ -75,9 +97,10 @@ async def note_reject(store: Store, source_id: str, reason: str) -> None:
         await store.record_reject(source_id, reason)
 
 
-def unavailable(exc: StoreUnavailable, body: Any) -> web.Response:
+def unavailable(exc: StoreUnavailable) -> web.Response:
     log.warning("ingest refused (503, sender will retry): %s", exc)
-    return json_response(503, body, headers={"Retry-After": RETRY_AFTER_SECS})
+    return error_response(503, "unavailable", "retry later",
+                          headers={"Retry-After": RETRY_AFTER_SECS})
 
 
 class KeyRing:

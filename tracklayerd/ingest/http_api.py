@@ -25,12 +25,11 @@ from tracklayerd.events import NativeBatch, NativeEvent, derived_event_id, nativ
 from tracklayerd.ingest.common import (
     ClientAddress,
     KeyRing,
-    TooLarge,
-    UnreadableBody,
     append_durably,
+    error_response,
     json_response,
     note_reject,
-    read_body,
+    read_body_or_answer,
     unavailable,
     validation_problem,
 )
@@ -69,17 +68,14 @@ class NativeIngest:
     async def handle(self, request: web.Request) -> web.Response:
         source_id = self._keys.source_for(_bearer(request))
         if source_id is None:
-            response = _error(401, "unauthorized", "missing or unknown bearer token")
+            response = error_response(401, "unauthorized", "missing or unknown bearer token")
             response.headers["WWW-Authenticate"] = 'Bearer realm="tracklayerd"'
             return response
         source = self._sources[source_id]
         received_at = time.time()
-        try:
-            body = await read_body(request, source.max_request_bytes)
-        except TooLarge as exc:
-            return _error(413, "too_large", str(exc))
-        except UnreadableBody as exc:
-            return _error(400, "invalid_request", str(exc))
+        body = await read_body_or_answer(request, source.max_request_bytes)
+        if isinstance(body, web.Response):
+            return body
         # Most requests are one valid event: decode it as one first (a batch fails fast, on
         # its unknown top-level "events" key) and look closer only when that fails.
         try:
@@ -114,9 +110,9 @@ class NativeIngest:
         received_at: float, request: web.Request,
     ) -> web.Response:
         if not raws:
-            return _error(400, "invalid_request", "events is empty", path="$.events")
+            return error_response(400, "invalid_request", "events is empty", path="$.events")
         if len(raws) > source.max_batch_events:
-            return _error(
+            return error_response(
                 413, "too_large",
                 f"batch has {len(raws)} events; the limit is {source.max_batch_events}",
             )
@@ -143,7 +139,7 @@ class NativeIngest:
         if not rows:
             return json_response(
                 400,
-                {"success": False, "error": "invalid_request",
+                {"success": False, "error": "invalid_request", "code": "invalid_request",
                  "message": "no valid events in the batch", "rejected": rejected},
             )
         return await self._commit(rows, rejected)
@@ -165,9 +161,7 @@ class NativeIngest:
         try:
             inserted = await append_durably(self._store, rows, self._timeout)
         except StoreUnavailable as exc:
-            return unavailable(
-                exc, {"success": False, "error": "unavailable", "message": "retry later"}
-            )
+            return unavailable(exc)
         if len(rows) == 1 and not rejected:
             return web.Response(body=ONE_NEW if inserted else ONE_DUPLICATE,
                                 content_type="application/json")
@@ -183,13 +177,14 @@ class NativeIngest:
     ) -> web.Response:
         reason = f"{code}: {path}: {message}" if path else f"{code}: {message}"
         await note_reject(self._store, source_id, reason)
-        return _error(400, code, message, path=path)
+        return error_response(400, code, message, path=path)
 
 
 
 
 def _too_big_event(size: int, limit: int, path: str | None = None) -> web.Response:
-    return _error(413, "too_large", f"event is {size} bytes; the limit is {limit}", path=path)
+    message = f"event is {size} bytes; the limit is {limit}"
+    return error_response(413, "too_large", message, path=path)
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -197,8 +192,3 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _error(status: int, code: str, message: str, path: str | None = None) -> web.Response:
-    payload: dict[str, Any] = {"success": False, "error": code, "message": message}
-    if path is not None:
-        payload["path"] = path
-    return json_response(status, payload)

@@ -29,7 +29,7 @@ from tracklayerd.ingest.common import (
     UnreadableBody,
     append_durably,
     basic_username,
-    json_response,
+    error_response,
     note_reject,
     read_body,
     unavailable,
@@ -110,7 +110,7 @@ class SegmentIngest:
         try:
             body = await read_body(request, self._max_request)
         except TooLarge as exc:
-            return _error(413, "too_large", str(exc))
+            return error_response(413, "too_large", str(exc))
         except UnreadableBody as exc:
             return await self._invalid(header_key, str(exc))
 
@@ -129,10 +129,10 @@ class SegmentIngest:
 
         source_id = self._keys.source_for(body_key or header_key)
         if source_id is None:
-            return _error(401, "unauthorized", "missing or unknown write key")
+            return error_response(401, "unauthorized", "missing or unknown write key")
         source = self._sources[source_id]
         if len(body) > source.max_request_bytes:
-            return _error(413, "too_large", f"request body is {len(body)} bytes; "
+            return error_response(413, "too_large", f"request body is {len(body)} bytes; "
                                             f"the limit is {source.max_request_bytes}")
 
         if kind == "batch":
@@ -140,12 +140,13 @@ class SegmentIngest:
                 return await self._invalid(source_id, "a batch needs a `batch` list",
                                            known=True)
             if len(envelope.batch) > source.max_batch_events:
-                return _error(413, "too_large", f"batch has {len(envelope.batch)} messages; "
-                                                f"the limit is {source.max_batch_events}")
+                return error_response(413, "too_large",
+                                      f"batch has {len(envelope.batch)} messages; "
+                                      f"the limit is {source.max_batch_events}")
             raws: list[msgspec.Raw] | list[bytes] = envelope.batch
         else:
             if len(body) > source.max_event_bytes:
-                return _error(413, "too_large", f"message is {len(body)} bytes; "
+                return error_response(413, "too_large", f"message is {len(body)} bytes; "
                                                 f"the limit is {source.max_event_bytes}")
             raws = [body]
         prepared = prepare(
@@ -166,7 +167,7 @@ class SegmentIngest:
         source_id = key_or_source if known else self._keys.source_for(key_or_source)
         if source_id is not None:
             await note_reject(self._store, source_id, f"invalid_request: {message}")
-        return _error(400, "invalid_request", message)
+        return error_response(400, "invalid_request", message)
 
 
 async def commit_prepared(
@@ -180,15 +181,10 @@ async def commit_prepared(
         )
     if not prepared.rows:
         index, reason = prepared.rejected[0] if prepared.rejected else (0, "no messages")
-        return _error(400, "invalid_request", reason if len(prepared.rejected) <= 1
+        return error_response(400, "invalid_request", reason if len(prepared.rejected) <= 1
                       else f"no valid messages; [{index}] {reason}")
     try:
         await append_durably(store, prepared.rows, timeout_secs)
     except StoreUnavailable as exc:
-        return unavailable(exc, {"success": False, "code": "unavailable",
-                                 "message": "retry later"})
+        return unavailable(exc)
     return web.Response(status=200, body=SUCCESS, content_type="application/json")
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return json_response(status, {"success": False, "code": code, "message": message})

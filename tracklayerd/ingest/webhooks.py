@@ -27,12 +27,11 @@ from aiohttp import web
 from tracklayerd.config import RudderstackWebhookSource, SegmentWebhookSource
 from tracklayerd.ingest.common import (
     ClientAddress,
-    TooLarge,
-    UnreadableBody,
+    error_response,
     note_reject,
-    read_body,
+    read_body_or_answer,
 )
-from tracklayerd.ingest.segment import _error, commit_prepared
+from tracklayerd.ingest.segment import commit_prepared
 from tracklayerd.ingest.segment_messages import BatchFields, prepare
 from tracklayerd.secrets import Secret, as_bytes
 from tracklayerd.store.base import Store
@@ -113,14 +112,11 @@ class WebhookIngest:
         source_id = request.match_info["source_id"]
         source = self._sources.get(source_id)
         if source is None:
-            return _error(404, "not_found", f"no webhook source {source_id!r}")
-        try:
-            body = await read_body(request, source.max_request_bytes)
-        except TooLarge as exc:
-            return _error(413, "too_large", str(exc))
-        except UnreadableBody as exc:
-            # Not counted: the sender is not authenticated yet at this point.
-            return _error(400, "invalid_request", str(exc))
+            return error_response(404, "not_found", f"no webhook source {source_id!r}")
+        # An unreadable body is not counted: the sender is not authenticated yet.
+        body = await read_body_or_answer(request, source.max_request_bytes)
+        if isinstance(body, web.Response):
+            return body
         try:
             events = split_events(body)
         except msgspec.DecodeError as exc:
@@ -132,12 +128,13 @@ class WebhookIngest:
         if not self._authorized(source, body, events or [], request):
             log.warning("webhook source %s: refused a request with a missing or bad "
                         "signature or authorization", source_id)
-            return _error(401, "unauthorized", "missing or invalid signature or authorization")
+            return error_response(401, "unauthorized",
+                                  "missing or invalid signature or authorization")
         if events is None:
             await note_reject(self._store, source_id, f"invalid_request: {problem}")
-            return _error(400, "invalid_request", problem)
+            return error_response(400, "invalid_request", problem)
         if len(events) > source.max_batch_events:
-            return _error(413, "too_large", f"{len(events)} events; the limit is "
+            return error_response(413, "too_large", f"{len(events)} events; the limit is "
                                             f"{source.max_batch_events}")
         origin = ("segment_webhook" if isinstance(source, SegmentWebhookSource)
                   else "rudderstack_webhook")
