@@ -160,6 +160,32 @@ class PipelineConfig(_Strict):
     builtin_mappings: bool = True
 
 
+# Click IDs and browser ids go stale: a platform attributes a conversion to a click only within
+# its attribution window, so an older one is not borrowed (docs/identity.md).
+DEFAULT_IDENTITY_WINDOWS_DAYS = {
+    "fbc": 7.0, "fbclid": 7.0, "ttclid": 28.0, "sccid": 28.0, "rdt_cid": 28.0, "epik": 30.0,
+    "li_fat_id": 30.0, "gclid": 90.0, "gbraid": 90.0, "wbraid": 90.0, "msclkid": 90.0,
+}
+
+
+class IdentityConfig(_Strict):
+    # Link identifiers seen together (identify, alias, track) and enrich later conversions.
+    enabled: bool = True
+    # How far back an identifier may be borrowed from an earlier event of the same person.
+    lookback_days: float = 90.0
+    # Shorter windows per identifier kind; merged over the defaults above.
+    windows_days: dict[str, float] = {}
+    # Links not seen for this long are deleted.
+    retention_days: float = 180.0
+    # A person with more linked identifiers than this is not grown further: a shared id
+    # (a test account, a kiosk's anonymous id) must not glue strangers together.
+    max_identifiers_per_person: int = 50
+
+    def window_secs(self, kind: str) -> float:
+        days = self.windows_days.get(kind, DEFAULT_IDENTITY_WINDOWS_DAYS.get(kind))
+        return min(days if days is not None else self.lookback_days, self.lookback_days) * 86400
+
+
 class DestinationConfig(_Strict):
     """Fields every destination has; a destination type subclasses it with its own."""
 
@@ -177,6 +203,7 @@ class Config(_Strict):
     # Canonical name → one rule, or a list of rules ([[mappings.<name>]]).
     mappings: dict[str, Mapping | list[Mapping]] = {}
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
+    identity: IdentityConfig = msgspec.field(default_factory=IdentityConfig)
     # True only for the built-in dev mirror used when no config is given.
     embedded_default: bool = False
 
@@ -264,6 +291,15 @@ CANONICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 def _check_values(config: Config) -> None:
+    identity = config.identity
+    for where, value in (("identity.lookback_days", identity.lookback_days),
+                         ("identity.retention_days", identity.retention_days),
+                         ("identity.max_identifiers_per_person",
+                          identity.max_identifiers_per_person),
+                         *((f"identity.windows_days.{k}", v)
+                           for k, v in identity.windows_days.items())):
+        if value <= 0:
+            raise ConfigError(f"{where}: must be greater than 0")
     for name, rules in config.mappings.items():
         if not CANONICAL_NAME.match(name):
             raise ConfigError(

@@ -58,6 +58,8 @@ class Identity(_Part):
     rdt_cid: Str1k | None = None
     li_fat_id: Str1k | None = None
     msclkid: Str1k | None = None
+    # Segment alias: the id this user was known by before (linked to user_id).
+    previous_id: Str1k | None = None
 
 
 class Item(_Part):
@@ -119,6 +121,14 @@ class NativeBatch(msgspec.Struct, forbid_unknown_fields=True):
     events: list[msgspec.Raw]
 
 
+class Enriched(msgspec.Struct, omit_defaults=True):
+    """An identifier borrowed from an earlier event of the same person."""
+
+    field: str
+    from_event: int  # the stored event (inbox seq) it was last seen on
+    seen_at: datetime
+
+
 class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
     """The canonical event as stored and handed to destinations."""
 
@@ -149,6 +159,8 @@ class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
     explicit_event_id: bool = False
     # Segment `integrations` as sent ({"All": false, "Facebook Pixel": true, ...}).
     integrations: dict[str, Any] = {}
+    # Identifiers added by identity stitching, and where each came from.
+    enriched: list[Enriched] = []
 
 
 def to_datetime(value: Timestamp | None, default: datetime) -> datetime:

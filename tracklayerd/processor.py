@@ -11,15 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tracklayerd import memory
-from tracklayerd.config import Config
+from tracklayerd.config import Config, IdentityConfig
 from tracklayerd.errors import StoreUnavailable
-from tracklayerd.events import event_encoder
+from tracklayerd.events import Event, event_encoder
 from tracklayerd.pipeline import contracts
 from tracklayerd.pipeline.decode import Undecodable, decode
+from tracklayerd.pipeline.identity import Graph, keys_of, stitch
 from tracklayerd.pipeline.mapping import Mapper, rules_from_config
-from tracklayerd.store.base import DeliveryPlan, InboxRecord, ProcessedEvent, Store
+from tracklayerd.store.base import (
+    DeliveryPlan,
+    IdentityChanges,
+    InboxRecord,
+    ProcessedEvent,
+    Store,
+)
 
 log = logging.getLogger("tracklayerd.processor")
 
@@ -30,6 +40,9 @@ RETRY_SECS = 1.0
 # i.e. it keeps about 1 / (1 + YIELD_FACTOR) of the time.
 YIELD_FACTOR = 2.0
 MAX_YIELD_SECS = 0.25
+PRUNE_EVERY_SECS = 3600.0
+PRUNE_CHUNK = 5000
+T = TypeVar("T")
 
 
 class Pipeline:
@@ -45,9 +58,20 @@ class Pipeline:
             sid: frozenset(name.casefold() for name in src.allow)
             for sid, src in config.sources.items() if src.allow
         }
+        self._identity = config.identity
+
+    @property
+    def identity(self) -> IdentityConfig:
+        return self._identity
 
     def process(self, record: InboxRecord) -> ProcessedEvent:
-        """One inbox record → its canonical event and delivery plan."""
+        """One inbox record → its canonical event and delivery plan (without stitching)."""
+        staged = self.prepare(record)
+        return staged if isinstance(staged, ProcessedEvent) else self.finish(record, staged)
+
+    def prepare(self, record: InboxRecord) -> Event | ProcessedEvent:
+        """Decode, map, check contracts and the allowlist. An Event goes on to stitching;
+        an invalid or dropped record is already final."""
         try:
             event = decode(record, self._sources.get(record.source))
         except Undecodable as exc:
@@ -56,19 +80,27 @@ class Pipeline:
                 status="invalid", reason=str(exc), received_at=record.received_at,
             )
         event = contracts.check(self._mapper.apply(event))
-        status, reason, plans = "accepted", None, []
         allowed = self._allow.get(record.source)
         names = {event.event, event.message_type, event.original_name or event.event}
         if allowed is not None and not {n.casefold() for n in names} & allowed:
-            status = "dropped"
             reason = (f"not in the allowlist of source {record.source}: "
                       f"{event.original_name or event.event!r} ({event.message_type})")
-        else:
-            plans = [
-                DeliveryPlan(destination=dest_id, status="pending")
-                for dest_id, dest in self._destinations.items()
-                if dest.mode != "off"
-            ]
+            return self._result(record, event, "dropped", reason, [])
+        return event
+
+    def finish(self, record: InboxRecord, event: Event) -> ProcessedEvent:
+        plans = [
+            DeliveryPlan(destination=dest_id, status="pending")
+            for dest_id, dest in self._destinations.items()
+            if dest.mode != "off"
+        ]
+        return self._result(record, event, "accepted", None, plans)
+
+    @staticmethod
+    def _result(
+        record: InboxRecord, event: Event, status: str, reason: str | None,
+        plans: list[DeliveryPlan],
+    ) -> ProcessedEvent:
         return ProcessedEvent(
             inbox_seq=record.seq,
             source=record.source,
@@ -91,6 +123,7 @@ class Processor:
         self._position: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._busy_since_idle = False
+        self._last_prune = 0.0
         store.on_inbox_append(self.wake)
 
     def wake(self) -> None:
@@ -103,20 +136,53 @@ class Processor:
         records = await self._store.read_inbox(self._position, SLICE)
         if not records:
             return 0
-        results = []
-        for record in records:
-            try:
-                results.append(self._pipeline.process(record))
-            except Exception as exc:  # a pipeline bug must not wedge the queue
-                log.exception("pipeline failed on inbox record %d", record.seq)
-                results.append(ProcessedEvent(
-                    inbox_seq=record.seq, source=record.source, event_id=record.message_id,
-                    status="invalid", reason=f"internal error: {type(exc).__name__}",
-                    received_at=record.received_at,
-                ))
-        await self._store.commit_processed(results, CURSOR, records[-1].seq)
+        staged = [self._guarded(r, self._pipeline.prepare, r) for r in records]
+        changes = None
+        policy = self._pipeline.identity
+        if policy.enabled:
+            keys = [k for item in staged if isinstance(item, Event) for k in keys_of(item.user)]
+            graph = Graph.of(await self._store.load_identity(keys) if keys else [])
+            staged = [
+                self._guarded(r, stitch, item, r.seq, graph, policy)
+                if isinstance(item, Event) else item
+                for r, item in zip(records, staged, strict=True)
+            ]
+            changes = IdentityChanges(nodes=list(graph.changed.values()),
+                                      relabels=graph.relabels)
+        results = [
+            item if isinstance(item, ProcessedEvent)
+            else self._guarded(r, self._pipeline.finish, r, item)
+            for r, item in zip(records, staged, strict=True)
+        ]
+        await self._store.commit_processed(results, CURSOR, records[-1].seq, changes)
         self._position = records[-1].seq
         return len(records)
+
+    @staticmethod
+    def _guarded(
+        record: InboxRecord, step: Callable[..., T], *args: Any
+    ) -> T | ProcessedEvent:
+        """Run a pipeline step; a bug in it marks the record invalid instead of wedging the
+        queue (the raw record stays in the inbox and can be reprocessed)."""
+        try:
+            return step(*args)
+        except Exception as exc:
+            log.exception("pipeline failed on inbox record %d", record.seq)
+            return ProcessedEvent(
+                inbox_seq=record.seq, source=record.source, event_id=record.message_id,
+                status="invalid", reason=f"internal error: {type(exc).__name__}",
+                received_at=record.received_at,
+            )
+
+    async def prune(self, now: float) -> int:
+        """Delete identity links past retention, in bounded chunks; returns how many."""
+        before = now - self._pipeline.identity.retention_days * 86400
+        total = 0
+        while (n := await self._store.prune_identity(before, PRUNE_CHUNK)) > 0:
+            total += n
+            if n < PRUNE_CHUNK:
+                break
+        return total
 
     async def run_until_idle(self) -> int:
         """Process everything in the inbox now; returns the count (for tests and the CLI)."""
@@ -141,6 +207,10 @@ class Processor:
                 if self._busy_since_idle:
                     self._busy_since_idle = False
                     memory.release_free_memory()  # a burst is over: give its heap back
+                if time.time() - self._last_prune > PRUNE_EVERY_SECS:
+                    self._last_prune = time.time()
+                    with contextlib.suppress(StoreUnavailable):
+                        await self.prune(self._last_prune)
                 await self._wake.wait()
             elif self._store.ingest_waiting():
                 # Senders are waiting for commits: acceptance comes first, since it is what

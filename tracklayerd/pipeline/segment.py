@@ -173,6 +173,7 @@ def _identity(
                   or address.get("zip"), 128) or trait("postalCode", "zip", limit=128),
         country=_text(address.get("country"), 128) or trait("country", limit=128),
         date_of_birth=trait("birthday", "date_of_birth", "dateOfBirth", limit=128),
+        previous_id=_text(message.get("previousId"), MAX_FIELD),
         gender=trait("gender", limit=128),
         **ids,
     )

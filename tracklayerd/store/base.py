@@ -48,6 +48,30 @@ class ProcessedEvent(msgspec.Struct, kw_only=True):
     deliveries: list[DeliveryPlan] = []
 
 
+class IdentityNode(msgspec.Struct):
+    """One identifier of a person in the identity graph (emails and phones as SHA-256)."""
+
+    kind: str
+    value: str
+    person: int
+    first_seen: float
+    last_seen: float
+    first_event: int
+    last_event: int
+
+
+class IdentityChanges(msgspec.Struct):
+    nodes: list[IdentityNode] = []  # upserted as they are
+    relabels: list[tuple[int, int]] = []  # (old person, new person), applied first
+
+
+class ForgetReport(msgspec.Struct):
+    identity_nodes: int = 0
+    events: int = 0
+    inbox_rows: int = 0
+    deliveries: int = 0
+
+
 class StoredEvent(msgspec.Struct, kw_only=True):
     id: int
     inbox_seq: int
@@ -89,9 +113,22 @@ class Store(Protocol):
     async def cursor(self, name: str) -> int: ...
 
     async def commit_processed(
-        self, events: Sequence[ProcessedEvent], cursor_name: str, position: int
+        self, events: Sequence[ProcessedEvent], cursor_name: str, position: int,
+        identity: IdentityChanges | None = None,
     ) -> None:
-        """Write events and their deliveries and advance the cursor, in one transaction."""
+        """Write events, deliveries, identity changes and the cursor in one transaction."""
+
+    async def load_identity(self, keys: Sequence[tuple[str, str]]) -> list[IdentityNode]:
+        """The nodes with these (kind, value) keys and every node of their persons."""
+
+    async def prune_identity(self, before: float, limit: int) -> int:
+        """Delete up to `limit` identity nodes last seen before `before`; how many went."""
+
+    async def forget(
+        self, *, user_ids: Sequence[str] = (), anonymous_ids: Sequence[str] = (),
+        email_hashes: Sequence[str] = (), emails: Sequence[str] = (),
+    ) -> ForgetReport:
+        """Erase a person: identity nodes, and stored events and raw inbox rows naming them."""
 
     async def check_writable(self) -> None:
         """Raise StoreUnavailable unless a write commits now."""

@@ -60,6 +60,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX ingest_rejects_source ON ingest_rejects (source, received_at);
     """,
+    # 2: the identity graph (emails and phones only as SHA-256 of their normalized form).
+    """
+    CREATE TABLE identity_nodes (
+        kind TEXT NOT NULL,                     -- user_id, anonymous_id, email, fbc, ...
+        value TEXT NOT NULL,
+        person INTEGER NOT NULL,                -- inbox seq of the event that began the person
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        first_event INTEGER NOT NULL,
+        last_event INTEGER NOT NULL,
+        PRIMARY KEY (kind, value)
+    ) WITHOUT ROWID;
+    CREATE INDEX identity_nodes_person ON identity_nodes (person);
+    CREATE INDEX identity_nodes_last_seen ON identity_nodes (last_seen);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

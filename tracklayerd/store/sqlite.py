@@ -26,13 +26,16 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from tracklayerd.errors import StartupError, StoreUnavailable
 from tracklayerd.store import schema
 from tracklayerd.store.base import (
+    ForgetReport,
+    IdentityChanges,
+    IdentityNode,
     InboxRecord,
     InboxRow,
     ProcessedEvent,
@@ -41,11 +44,20 @@ from tracklayerd.store.base import (
 from tracklayerd.store.writer import BulkInsert, Writer
 
 log = logging.getLogger("tracklayerd.store")
+T = TypeVar("T")
 
 SAFETY_AUTOCHECKPOINT_PAGES = 50_000
 CHECKPOINT_IDLE_SECS = 1.0
 REJECT_REASON_CHARS = 2000
 INBOX_TAG = "inbox"
+NODE_COLUMNS = "kind, value, person, first_seen, last_seen, first_event, last_event"
+UPSERT_NODE = (
+    f"INSERT INTO identity_nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (kind, value) DO UPDATE SET person = excluded.person,"
+    " last_seen = max(last_seen, excluded.last_seen),"
+    " last_event = CASE WHEN excluded.last_seen >= last_seen THEN excluded.last_event"
+    " ELSE last_event END"
+)
 INSERT_INBOX = (
     "INSERT OR IGNORE INTO inbox (source, message_id, kind, received_at, request_ip, payload)"
     " VALUES (?, ?, ?, ?, ?, ?)"
@@ -256,7 +268,8 @@ class SQLiteStore:
         return int(rows[0][0]) if rows else 0
 
     async def commit_processed(
-        self, events: Sequence[ProcessedEvent], cursor_name: str, position: int
+        self, events: Sequence[ProcessedEvent], cursor_name: str, position: int,
+        identity: IdentityChanges | None = None,
     ) -> None:
         now = time.time()
 
@@ -271,6 +284,10 @@ class SQLiteStore:
             (ev.inbox_seq, d.destination, d.status, now, d.reason, now)
             for ev in events for d in ev.deliveries
         ]
+        node_rows = [] if identity is None else [
+            (n.kind, n.value, n.person, n.first_seen, n.last_seen, n.first_event, n.last_event)
+            for n in identity.nodes
+        ]
 
         def job(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -284,13 +301,94 @@ class SQLiteStore:
                     " next_attempt_at, last_reason, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                     delivery_rows,
                 )
+            if identity is not None:
+                conn.executemany("UPDATE identity_nodes SET person = ? WHERE person = ?",
+                                 [(new, old) for old, new in identity.relabels])
+                conn.executemany(UPSERT_NODE, node_rows)
             conn.execute(
                 "INSERT INTO cursors (name, position) VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
                 (cursor_name, position),
             )
 
-        await self.writer.run(job, rows=len(event_rows) + len(delivery_rows) + 1)
+        await self.writer.run(
+            job, rows=len(event_rows) + len(delivery_rows) + len(node_rows) + 1
+        )
+
+    # -- identity graph -------------------------------------------------------------------
+
+    async def load_identity(self, keys: Sequence[tuple[str, str]]) -> list[IdentityNode]:
+        found: dict[tuple[str, str], IdentityNode] = {}
+        unique = list(dict.fromkeys(keys))
+        for chunk in _chunks(unique, 400):
+            values = ",".join("(?, ?)" for _ in chunk)
+            rows = await self._fetchall(
+                f"SELECT {NODE_COLUMNS} FROM identity_nodes WHERE (kind, value) IN"
+                f" (VALUES {values})", [part for key in chunk for part in key])
+            for row in rows:
+                found[(row[0], row[1])] = IdentityNode(*row)
+        persons = list({node.person for node in found.values()})
+        for people in _chunks(persons, 800):
+            marks = ",".join("?" * len(people))
+            for row in await self._fetchall(
+                f"SELECT {NODE_COLUMNS} FROM identity_nodes WHERE person IN ({marks})", people
+            ):
+                found[(row[0], row[1])] = IdentityNode(*row)
+        return list(found.values())
+
+    async def prune_identity(self, before: float, limit: int) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            # Bounded: retention never deletes millions of rows in one statement.
+            return conn.execute(
+                "DELETE FROM identity_nodes WHERE (kind, value) IN (SELECT kind, value"
+                " FROM identity_nodes WHERE last_seen < ? LIMIT ?)", (before, limit),
+            ).rowcount
+
+        deleted: int = await self.writer.run(job, rows=limit)
+        return deleted
+
+    async def forget(
+        self, *, user_ids: Sequence[str] = (), anonymous_ids: Sequence[str] = (),
+        email_hashes: Sequence[str] = (), emails: Sequence[str] = (),
+    ) -> ForgetReport:
+        # 1. The person(s) these identifiers belong to, and everything linked to them.
+        keys = ([("user_id", v) for v in user_ids] + [("anonymous_id", v) for v in anonymous_ids]
+                + [("email", v) for v in email_hashes])
+        nodes = await self.load_identity(keys)
+        people = {n.person for n in nodes if (n.kind, n.value) in set(keys)}
+        linked = [n for n in nodes if n.person in people]
+        clear = {n.value for n in linked if n.kind not in ("email", "phone")}
+        clear |= set(user_ids) | set(anonymous_ids)
+        hashes = {n.value for n in linked if n.kind in ("email", "phone")} | set(email_hashes)
+        needles = sorted({v.lower() for v in clear | set(emails) | hashes if len(v) >= 3})
+        # 2. Stored events and raw inbox rows that name any of them (a scan: forget is rare).
+        seqs: set[int] = set()
+        for needle in needles:
+            for table, column, key in (("events", "body", "id"), ("inbox", "payload", "seq")):
+                rows = await self._fetchall(
+                    f"SELECT {key} FROM {table} WHERE instr(lower(CAST({column} AS TEXT)), ?)",
+                    (needle,))
+                seqs.update(int(r[0]) for r in rows)
+        node_keys = [(n.kind, n.value) for n in linked]
+        seq_list = sorted(seqs)
+
+        def job(conn: sqlite3.Connection) -> ForgetReport:
+            report = ForgetReport()
+            for chunk in _chunks(seq_list, 800):
+                marks = ",".join("?" * len(chunk))
+                report.deliveries += conn.execute(
+                    f"DELETE FROM deliveries WHERE event_row IN ({marks})", chunk).rowcount
+                report.events += conn.execute(
+                    f"DELETE FROM events WHERE id IN ({marks})", chunk).rowcount
+                report.inbox_rows += conn.execute(
+                    f"DELETE FROM inbox WHERE seq IN ({marks})", chunk).rowcount
+            report.identity_nodes = sum(
+                conn.execute("DELETE FROM identity_nodes WHERE kind = ? AND value = ?",
+                             key).rowcount for key in node_keys)
+            return report
+
+        result: ForgetReport = await self.writer.run(job, rows=0)
+        return result
 
     # -- health and inspection ------------------------------------------------------------
 
@@ -353,3 +451,7 @@ class SQLiteStore:
                 return list(await cursor.fetchall())
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"read failed: {exc}") from exc
+
+
+def _chunks(items: Sequence[T], size: int) -> list[list[T]]:
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
