@@ -99,3 +99,36 @@ def test_serve_reads_config_path_from_environment(tmp_path: Path) -> None:
     path.write_text("[server]\nlisten = 'nonsense'\n")
     code, output = run("serve", env={"TRACKLAYERD_CONFIG": str(path)})
     assert code == 1 and "server.listen: expected HOST:PORT" in output
+
+
+def test_forget_command_reports_what_it_removed(tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    from tracklayerd.config import parse_config
+    from tracklayerd.ingest.segment_messages import BatchFields, prepare
+    from tracklayerd.processor import Pipeline, Processor
+    from tracklayerd.store.sqlite import SQLiteStore
+
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(f'[storage]\npath = "{tmp_path / "tl.sqlite3"}"\n')
+
+    async def fill() -> None:
+        store = SQLiteStore(tmp_path / "tl.sqlite3")
+        await store.open()
+        message = {"type": "identify", "userId": "u-del", "messageId": "m1",
+                   "traits": {"email": "Del@Example.com"}}
+        rows = prepare([json.dumps(message).encode()], BatchFields(origin="tracking_api"),
+                       source_id="web", received_at=1.0, request_ip=None,
+                       max_event_bytes=32768).rows
+        await store.append_inbox(rows)
+        await Processor(store, Pipeline(parse_config({}, tmp_path))).run_until_idle()
+        await store.close()
+
+    asyncio.run(fill())
+    code, output = run("forget", "--config", str(config_path), "--email", "del@example.com")
+    assert code == 0
+    assert output.strip() == ("removed 2 identity link(s), 1 event(s), 0 delivery row(s), "
+                              "1 raw inbox row(s)")
+    code, output = run("forget", "--config", str(config_path))
+    assert code == 2 and "at least one" in output

@@ -131,6 +131,50 @@ def check(config_path: str, show: bool) -> None:
 
 
 @cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              envvar="TRACKLAYERD_CONFIG", help="TOML config file (for the store's location).")
+@click.option("--data-dir", envvar="TRACKLAYERD_DATA_DIR", type=click.Path(file_okay=False))
+@click.option("--user-id", "user_ids", multiple=True, help="A user id (repeatable).")
+@click.option("--email", "emails", multiple=True, help="An email address (repeatable).")
+@click.option("--anonymous-id", "anonymous_ids", multiple=True,
+              help="An anonymous id (repeatable).")
+def forget(config_path: str | None, data_dir: str | None, user_ids: tuple[str, ...],
+           emails: tuple[str, ...], anonymous_ids: tuple[str, ...]) -> None:
+    """Erase a person (a deletion request): identity links, stored events, raw inbox rows.
+
+    Everything linked to the given identifiers is removed; the report says how much.
+    """
+    from tracklayerd.pipeline.identity import hash_email
+    from tracklayerd.store import create_store
+
+    if not (user_ids or emails or anonymous_ids):
+        raise click.UsageError("give at least one --user-id, --email or --anonymous-id")
+    try:
+        config = _load(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    store = create_store(config.storage, _data_dir(data_dir))
+    normalized = [e.strip().lower() for e in emails]
+    hashes = [h for e in normalized if (h := hash_email(e))]
+
+    async def run() -> None:
+        await store.open()
+        try:
+            report = await store.forget(user_ids=user_ids, anonymous_ids=anonymous_ids,
+                                        emails=normalized, email_hashes=hashes)
+        finally:
+            await store.close()
+        click.echo(f"removed {report.identity_nodes} identity link(s), {report.events} "
+                   f"event(s), {report.deliveries} delivery row(s), {report.inbox_rows} raw "
+                   "inbox row(s)")
+
+    try:
+        run_async(run())
+    except TracklayerdError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
 def version() -> None:
     """Print the version."""
     click.echo(f"tracklayerd {__version__}")

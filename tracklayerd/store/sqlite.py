@@ -189,13 +189,13 @@ class SQLiteStore:
         self.writer.stats.rows_since_checkpoint = 0
         self._checkpoint_task = asyncio.create_task(asyncio.to_thread(self._checkpoint))
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, mode: str = "PASSIVE") -> None:
         # A connection of its own: PASSIVE never waits for the writer and never blocks it.
         try:
             conn = sqlite3.connect(self.path, isolation_level=None)
             try:
                 conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
                 self.checkpoints += 1
                 # The bulk is copied; the writer finishes the tail between two groups.
                 if self._writer is not None:
@@ -373,6 +373,14 @@ class SQLiteStore:
         seq_list = sorted(seqs)
 
         def job(conn: sqlite3.Connection) -> ForgetReport:
+            # Deleted rows must not linger in free pages: overwrite them (erasure requests).
+            conn.execute("PRAGMA secure_delete = ON")
+            try:
+                return delete(conn)
+            finally:
+                conn.execute("PRAGMA secure_delete = OFF")
+
+        def delete(conn: sqlite3.Connection) -> ForgetReport:
             report = ForgetReport()
             for chunk in _chunks(seq_list, 800):
                 marks = ",".join("?" * len(chunk))
@@ -388,6 +396,8 @@ class SQLiteStore:
             return report
 
         result: ForgetReport = await self.writer.run(job, rows=0)
+        # Old copies of the pages also sit in the WAL until it is checkpointed and truncated.
+        await asyncio.to_thread(self._checkpoint, "TRUNCATE")
         return result
 
     # -- health and inspection ------------------------------------------------------------
