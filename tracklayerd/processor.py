@@ -20,6 +20,7 @@ from tracklayerd.config import Config, IdentityConfig
 from tracklayerd.errors import StoreUnavailable
 from tracklayerd.events import Event, event_encoder
 from tracklayerd.pipeline import contracts
+from tracklayerd.pipeline.click_ids import extract_click_ids
 from tracklayerd.pipeline.decode import Undecodable, decode
 from tracklayerd.pipeline.identity import Graph, keys_of, stitch
 from tracklayerd.pipeline.mapping import Mapper, rules_from_config
@@ -46,7 +47,8 @@ T = TypeVar("T")
 
 
 class Pipeline:
-    """The pure steps, configured once: decode → map → contracts → allowlist → plan."""
+    """The pure steps, configured once: decode → map → contracts → click IDs → allowlist;
+    then (in the processor) identity stitching; then the delivery plan."""
 
     def __init__(self, config: Config) -> None:
         self._sources = config.sources
@@ -79,7 +81,8 @@ class Pipeline:
                 inbox_seq=record.seq, source=record.source, event_id=record.message_id,
                 status="invalid", reason=str(exc), received_at=record.received_at,
             )
-        event = contracts.check(self._mapper.apply(event))
+        # Click IDs before stitching: the fbc built on the landing page is the one carried on.
+        event = extract_click_ids(contracts.check(self._mapper.apply(event)))
         allowed = self._allow.get(record.source)
         names = {event.event, event.message_type, event.original_name or event.event}
         if allowed is not None and not {n.casefold() for n in names} & allowed:

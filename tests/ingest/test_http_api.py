@@ -87,13 +87,17 @@ async def test_rotated_tokens_route_to_their_source(make_client: Any, tmp_path: 
 
 async def test_malformed_json_is_400_and_recorded(make_client: Any) -> None:
     client = await make_client()
+    # Invalid early and malformed later: still a 400 (found by the fuzz test below).
+    resp = await client.post("/v1/events", data=b'{"event": null, "event_id": Infinity}',
+                             headers=auth())
+    assert resp.status == 400 and (await resp.json())["error"] == "malformed_json"
     resp = await client.post("/v1/events", data=b'{"event": "purchase",', headers=auth())
     assert resp.status == 400
     body = await resp.json()
     assert body["error"] == "malformed_json"
     assert "truncated" in body["message"]
     rejects = await store_of(client).rejects("web")
-    assert len(rejects) == 1 and rejects[0].startswith("malformed_json")
+    assert len(rejects) == 2 and all(r.startswith("malformed_json") for r in rejects)
 
 
 async def test_invalid_field_is_400_with_exact_path(make_client: Any) -> None:

@@ -218,7 +218,10 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers(
     headers = {"X-Forwarded-For": "198.51.100.23", **basic(KEY)}
     assert (await client.post("/v1/track", json=message, headers=headers)).status == 200
     (event,) = await canonical(client, "spoof")
-    assert event.context.ip == "127.0.0.1"
+    # The forwarded (public) address is not believed; the peer's own loopback address is
+    # not a user's either, so no IP is kept, with a warning saying why.
+    assert event.context.ip is None
+    assert any("not the user's" in w for w in event.warnings)
 
 
 async def test_invalid_messages_in_a_batch_are_recorded_and_the_rest_accepted(

@@ -93,6 +93,8 @@ class NativeIngest:
             probe = _probe_decoder.decode(body)
         except msgspec.ValidationError:
             probe = _Probe()  # not an object with an "events" list: a bad single event
+        except msgspec.DecodeError as exc:  # invalid, and malformed further on
+            return await self._reject(source_id, "malformed_json", f"malformed JSON: {exc}")
         if probe.events is None:
             if len(body) > source.max_event_bytes:
                 return _too_big_event(len(body), source.max_event_bytes)
