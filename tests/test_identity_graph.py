@@ -173,3 +173,14 @@ async def test_pruning_deletes_links_past_retention(store: SQLiteStore, tmp_path
     assert removed == 2
     assert await store.load_identity([("user_id", "old")]) == []
     assert len(await store.load_identity([("user_id", "new")])) == 1
+
+
+async def test_national_phone_links_only_with_a_country(store: SQLiteStore, tmp_path: Path) -> None:
+    shop = Shop(store, tmp_path)
+    await shop.send(T0, type="identify", userId="uk", traits={
+        "phone": "020 7946 0000", "address": {"country": "United Kingdom"}})
+    await shop.send(T0, type="identify", userId="nowhere", traits={"phone": "020 7946 0001"})
+    uk = await shop.send(T0, type="track", event="Order Completed", userId="uk")
+    assert (await shop.event(uk)).user.phone == sha("+442079460000")
+    nowhere = await shop.send(T0, type="track", event="Order Completed", userId="nowhere")
+    assert (await shop.event(nowhere)).user.phone is None  # no region: never guessed

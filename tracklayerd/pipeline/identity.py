@@ -11,15 +11,15 @@ Rules (docs/identity.md):
   emails are two people, whatever anonymous id they shared (a family computer, a kiosk).
 * A person stops growing at ``max_identifiers_per_person``, so one shared value (a test
   account) cannot glue strangers together.
-* Emails and phones are kept only as SHA-256 of their normalized form: the graph holds no
-  readable contact data, and a hashed value passes through to the platforms unchanged.
+* Emails and phones are kept only as SHA-256 of their normalized form (pipeline/normalize):
+  the graph holds no readable contact data, and a hashed value passes through to the
+  platforms unchanged.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -27,6 +27,15 @@ import msgspec
 
 from tracklayerd.config import IdentityConfig
 from tracklayerd.events import Enriched, Event, Identity
+from tracklayerd.pipeline.normalize import (
+    Hints,
+    Normalized,
+    normalize_email,
+    normalize_phone,
+    region_of,
+    sha256_hex,
+)
+from tracklayerd.pipeline.normalize_tables import Email, Phone
 from tracklayerd.store.base import IdentityNode as Node
 
 # Kinds stored in clear, by the Identity attribute of the same name.
@@ -72,32 +81,32 @@ class Graph:
 
 
 def hash_email(value: str) -> str | None:
-    value = value.strip().lower()
-    if SHA256_HEX.match(value):
-        return value
-    return hashlib.sha256(value.encode()).hexdigest() if "@" in value else None
+    """SHA-256 of the normalized address (trimmed, lowercased); a SHA-256 passes through."""
+    return _hashed(value, lambda v: normalize_email(v, Email()))
 
 
-def hash_phone(value: str) -> str | None:
-    value = value.strip().lower()
-    if SHA256_HEX.match(value):
-        return value
-    digits = re.sub(r"\D", "", value)
-    # Only numbers written internationally link people: a national number is ambiguous
-    # without its country, and a wrong guess would join strangers.
-    if not value.startswith("+") or not 8 <= len(digits) <= 15:
-        return None
-    return hashlib.sha256(f"+{digits}".encode()).hexdigest()
+def hash_phone(value: str, region: str | None = None) -> str | None:
+    """SHA-256 of the E.164 number. A national number needs the person's country: a wrong
+    guess would join strangers, so without one it is not linked."""
+    return _hashed(value, lambda v: normalize_phone(v, Phone(plus=True), Hints(region=region)))
+
+
+def _hashed(value: str, normalize: Callable[[str], Normalized]) -> str | None:
+    stripped = value.strip()
+    if SHA256_HEX.match(stripped.lower()):
+        return stripped.lower()
+    normalized = normalize(stripped).value
+    return sha256_hex(normalized) if normalized else None
 
 
 def keys_of(user: Identity) -> list[tuple[str, str]]:
     keys = [(kind, value) for kind in CLEAR_KINDS if (value := getattr(user, kind))]
     if user.previous_id:
         keys.append(("anonymous_id", user.previous_id))  # alias: the old id, now linked
-    for kind, hasher in (("email", hash_email), ("phone", hash_phone)):
-        raw = getattr(user, kind)
-        if raw and (hashed := hasher(raw)):
-            keys.append((kind, hashed))
+    if user.email and (email := hash_email(user.email)):
+        keys.append(("email", email))
+    if user.phone and (phone := hash_phone(user.phone, region_of(user.country))):
+        keys.append(("phone", phone))
     return keys
 
 
