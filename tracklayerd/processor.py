@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from tracklayerd import memory
 from tracklayerd.config import Config, IdentityConfig
+from tracklayerd.destinations.registry import destination_platform
 from tracklayerd.errors import StoreUnavailable
 from tracklayerd.events import Event, event_encoder
 from tracklayerd.pipeline import contracts
@@ -24,6 +25,7 @@ from tracklayerd.pipeline.click_ids import extract_click_ids
 from tracklayerd.pipeline.decode import Undecodable, decode
 from tracklayerd.pipeline.identity import Graph, keys_of, stitch
 from tracklayerd.pipeline.mapping import Mapper, rules_from_config
+from tracklayerd.pipeline.quality import PLATFORMS, identifiers_present, score
 from tracklayerd.store.base import (
     DeliveryPlan,
     IdentityChanges,
@@ -61,6 +63,11 @@ class Pipeline:
             for sid, src in config.sources.items() if src.allow
         }
         self._identity = config.identity
+        # Destinations whose platform has a match-quality model (pipeline/quality.py).
+        self._platforms = {
+            dest_id: platform for dest_id, dest in config.destinations.items()
+            if (platform := destination_platform(dest.type)) in PLATFORMS
+        }
 
     @property
     def identity(self) -> IdentityConfig:
@@ -92,11 +99,18 @@ class Pipeline:
         return event
 
     def finish(self, record: InboxRecord, event: Event) -> ProcessedEvent:
-        plans = [
-            DeliveryPlan(destination=dest_id, status="pending")
-            for dest_id, dest in self._destinations.items()
-            if dest.mode != "off"
-        ]
+        present = identifiers_present(event) if self._platforms else set()
+        plans = []
+        for dest_id, dest in self._destinations.items():
+            if dest.mode == "off":
+                continue
+            plan = DeliveryPlan(destination=dest_id, status="pending")
+            platform = self._platforms.get(dest_id)
+            if platform is not None:
+                quality = score(present, platform)
+                plan.match_quality = quality.score
+                plan.match_missing = [missing.kind for missing in quality.missing]
+            plans.append(plan)
         return self._result(record, event, "accepted", None, plans)
 
     @staticmethod

@@ -19,11 +19,21 @@ BUILTIN_PLUGINS = ("tracklayerd.destinations.webhook",)
 class Registry:
     def __init__(self) -> None:
         self._config_types: dict[str, type[DestinationConfig]] = {}
+        self._platforms: dict[str, str] = {}
 
-    def register(self, type_name: str, config_type: type[DestinationConfig]) -> None:
+    def register(
+        self, type_name: str, config_type: type[DestinationConfig], platform: str | None = None
+    ) -> None:
+        """Add a destination type. `platform` names the identity rules and match-quality
+        weights it uses ("meta", "google", ...; see pipeline/quality.py); None for none."""
         if type_name in self._config_types:
             raise ValueError(f"destination type {type_name!r} is registered twice")
         self._config_types[type_name] = config_type
+        if platform is not None:
+            self._platforms[type_name] = platform
+
+    def platform(self, type_name: str) -> str | None:
+        return self._platforms.get(type_name)
 
     def config_type(self, type_name: str) -> type[DestinationConfig] | None:
         return self._config_types.get(type_name)
@@ -47,6 +57,10 @@ def registry() -> Registry:
             ep.load()(reg)
         _registry = reg
     return _registry
+
+
+def destination_platform(type_name: str) -> str | None:
+    return registry().platform(type_name)
 
 
 def destination_config_type(type_name: str) -> type[DestinationConfig] | None:

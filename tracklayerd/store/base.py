@@ -31,6 +31,22 @@ class DeliveryPlan(msgspec.Struct):
     destination: str
     status: str  # initial state, normally "pending"
     reason: str | None = None
+    # Match quality for the destination's platform (0-10) and its top missing identifiers.
+    match_quality: float | None = None
+    match_missing: list[str] = []
+
+
+class QualitySummary(msgspec.Struct):
+    """Match quality of one destination and canonical event, for the status page."""
+
+    destination: str
+    event: str
+    deliveries: int
+    mean: float
+    # Deliveries per score band: [0,2), [2,4), [4,6), [6,8), [8,10].
+    bands: list[int]
+    # The identifiers most often missing, most frequent first: (kind, deliveries lacking it).
+    top_missing: list[tuple[str, int]]
 
 
 class ProcessedEvent(msgspec.Struct, kw_only=True):
@@ -117,6 +133,9 @@ class Store(Protocol):
         identity: IdentityChanges | None = None,
     ) -> None:
         """Write events, deliveries, identity changes and the cursor in one transaction."""
+
+    async def quality_summary(self, since: float = 0.0) -> list[QualitySummary]:
+        """Match quality per destination and canonical event, over events received since."""
 
     async def load_identity(self, keys: Sequence[tuple[str, str]]) -> list[IdentityNode]:
         """The nodes with these (kind, value) keys and every node of their persons."""

@@ -75,6 +75,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX identity_nodes_person ON identity_nodes (person);
     CREATE INDEX identity_nodes_last_seen ON identity_nodes (last_seen);
     """,
+    # 3: match quality per delivery (score for the destination's platform, top missing kinds).
+    """
+    ALTER TABLE deliveries ADD COLUMN match_quality REAL;
+    ALTER TABLE deliveries ADD COLUMN match_missing TEXT;  -- space-separated kinds
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -39,6 +39,7 @@ from tracklayerd.store.base import (
     InboxRecord,
     InboxRow,
     ProcessedEvent,
+    QualitySummary,
     StoredEvent,
 )
 from tracklayerd.store.writer import BulkInsert, Writer
@@ -281,7 +282,8 @@ class SQLiteStore:
             for ev in events
         ]
         delivery_rows = [
-            (ev.inbox_seq, d.destination, d.status, now, d.reason, now)
+            (ev.inbox_seq, d.destination, d.status, now, d.reason, now, d.match_quality,
+             " ".join(d.match_missing) or None)
             for ev in events for d in ev.deliveries
         ]
         node_rows = [] if identity is None else [
@@ -298,7 +300,8 @@ class SQLiteStore:
             if delivery_rows:
                 conn.executemany(
                     "INSERT OR IGNORE INTO deliveries (event_row, destination, status,"
-                    " next_attempt_at, last_reason, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    " next_attempt_at, last_reason, updated_at, match_quality, match_missing)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     delivery_rows,
                 )
             if identity is not None:
@@ -314,6 +317,35 @@ class SQLiteStore:
         await self.writer.run(
             job, rows=len(event_rows) + len(delivery_rows) + len(node_rows) + 1
         )
+
+    async def quality_summary(self, since: float = 0.0) -> list[QualitySummary]:
+        rows = await self._fetchall(
+            "SELECT d.destination, e.name, count(*), avg(d.match_quality),"
+            " sum(d.match_quality < 2), sum(d.match_quality >= 2 AND d.match_quality < 4),"
+            " sum(d.match_quality >= 4 AND d.match_quality < 6),"
+            " sum(d.match_quality >= 6 AND d.match_quality < 8), sum(d.match_quality >= 8)"
+            " FROM deliveries d JOIN events e ON e.id = d.event_row"
+            " WHERE d.match_quality IS NOT NULL AND e.received_at >= ?"
+            " GROUP BY d.destination, e.name ORDER BY d.destination, e.name", (since,))
+        missing: dict[tuple[str, str], dict[str, int]] = {}
+        for destination, name, kinds, count in await self._fetchall(
+            "SELECT d.destination, e.name, d.match_missing, count(*)"
+            " FROM deliveries d JOIN events e ON e.id = d.event_row"
+            " WHERE d.match_missing IS NOT NULL AND e.received_at >= ?"
+            " GROUP BY d.destination, e.name, d.match_missing", (since,)
+        ):
+            counts = missing.setdefault((destination, name), {})
+            for kind in kinds.split():
+                counts[kind] = counts.get(kind, 0) + int(count)
+        return [
+            QualitySummary(
+                destination=r[0], event=r[1], deliveries=int(r[2]), mean=round(float(r[3]), 2),
+                bands=[int(b) for b in r[4:9]],
+                top_missing=sorted(missing.get((r[0], r[1]), {}).items(),
+                                   key=lambda kv: (-kv[1], kv[0]))[:5],
+            )
+            for r in rows
+        ]
 
     # -- identity graph -------------------------------------------------------------------
 
