@@ -49,6 +49,8 @@ class Envelope(msgspec.Struct, omit_defaults=True):
     context: msgspec.Raw = msgspec.field(default_factory=lambda: JSON_NULL)
     integrations: msgspec.Raw = msgspec.field(default_factory=lambda: JSON_NULL)
     sent_at: str | None = None  # batch-level sentAt
+    # The request's User-Agent (Tracking API only): the browser's, for client-side libraries.
+    user_agent: str | None = None
 
 
 probe_decoder = msgspec.json.Decoder(MessageProbe)

@@ -198,13 +198,17 @@ async def test_request_ip_is_the_users_only_for_client_side_libraries(
     server = track("server")  # analytics-python: the request comes from the shop's server
     channel = track("channel", channel="server", context={"library": {"name": "custom"}})
     explicit = track("explicit", context={"ip": "203.0.113.9"})
-    proxied = {"X-Forwarded-For": "198.51.100.23", **basic(KEY)}
+    proxied = {"X-Forwarded-For": "198.51.100.23", "User-Agent": "Mozilla/5.0 (Test)",
+               **basic(KEY)}
     for message in (browser, server, channel, explicit):
         assert (await client.post("/v1/track", json=message, headers=proxied)).status == 200
     events = {e.message_id: e for e in
               await canonical(client, "browser", "server", "channel", "explicit")}
     assert events["browser"].context.ip == "198.51.100.23"  # trusted proxy's X-Forwarded-For
     assert events["server"].context.ip is None
+    # Likewise the User-Agent header: the browser's for analytics.js, the SDK's otherwise.
+    assert events["browser"].context.user_agent == "Mozilla/5.0 (Test)"
+    assert events["server"].context.user_agent is None
     assert events["channel"].context.ip is None
     assert events["explicit"].context.ip == "203.0.113.9"
 

@@ -153,7 +153,8 @@ class SegmentIngest:
             raws,
             BatchFields(origin=ORIGIN, type_hint=None if kind == "batch" else kind,
                         context=envelope.context, integrations=envelope.integrations,
-                        sent_at=envelope.sentAt),
+                        sent_at=envelope.sentAt,
+                        user_agent=request.headers.get("User-Agent", "")[:2048] or None),
             source_id=source_id, received_at=received_at,
             request_ip=self._client_address(request), max_event_bytes=source.max_event_bytes,
         )

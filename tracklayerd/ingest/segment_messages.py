@@ -42,6 +42,7 @@ class BatchFields:
     context: msgspec.Raw = field(default_factory=msgspec.Raw)
     integrations: msgspec.Raw = field(default_factory=msgspec.Raw)
     sent_at: str | None = None
+    user_agent: str | None = None
 
 
 def prepare(
@@ -79,6 +80,7 @@ def prepare(
             context=batch.context or JSON_NULL,
             integrations=batch.integrations or JSON_NULL,
             sent_at=batch.sent_at,
+            user_agent=batch.user_agent,
         )
         prepared.rows.append(InboxRow(
             source=source_id,

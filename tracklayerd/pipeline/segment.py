@@ -97,7 +97,7 @@ def segment_to_event(
         # Segment's or RudderStack's servers.
         context=_context(message_type, context, properties,
                          request_ip if envelope.origin == "tracking_api" else None,
-                         message.get("channel")),
+                         envelope.user_agent, message.get("channel")),
         properties=traits if message_type in ("identify", "group") else properties,
         integrations=integrations,
     )
@@ -181,16 +181,19 @@ def _identity(
 
 def _context(
     message_type: str, context: dict[str, Any], properties: dict[str, Any],
-    request_ip: str | None, channel: Any,
+    request_ip: str | None, request_user_agent: str | None, channel: Any,
 ) -> Context:
     page = _obj(context.get("page"))
     on_page = message_type in ("page", "screen")
     ip = _text(context.get("ip"), 128)
-    if ip is None and request_ip is not None and _client_side(context, channel):
-        ip = request_ip
+    user_agent = _text(context.get("userAgent"), 2048)
+    # What the device's own request says about it, for what the message left out.
+    if _client_side(context, channel):
+        ip = ip or request_ip
+        user_agent = user_agent or request_user_agent
     return Context(
         ip=ip,
-        user_agent=_text(context.get("userAgent"), 2048),
+        user_agent=user_agent,
         page_url=_text(page.get("url") or (properties.get("url") if on_page else None), 4096),
         referrer=_text(page.get("referrer")
                        or (properties.get("referrer") if on_page else None), 4096),
