@@ -47,6 +47,7 @@ def write(tmp_path: Path, text: str) -> Path:
          "token = ['j', 'k']\n",
          "sources.b: the same token or write key is also used by sources.a"),
         ("[sources._web]\ntype = 'http_api'\n", "starting with a letter or digit"),
+        ("[identity]\ndefault_region = 'Narnia'\n", "identity.default_region: 'Narnia'"),
         ("[server\n", "invalid TOML"),
     ],
 )

@@ -184,3 +184,12 @@ async def test_national_phone_links_only_with_a_country(store: SQLiteStore, tmp_
     assert (await shop.event(uk)).user.phone == sha("+442079460000")
     nowhere = await shop.send(T0, type="track", event="Order Completed", userId="nowhere")
     assert (await shop.event(nowhere)).user.phone is None  # no region: never guessed
+
+
+async def test_configured_default_region_reads_national_phones(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    shop = Shop(store, tmp_path, default_region="GB")
+    await shop.send(T0, type="identify", userId="u", traits={"phone": "020 7946 0000"})
+    buy = await shop.send(T0, type="track", event="Order Completed", userId="u")
+    assert (await shop.event(buy)).user.phone == sha("+442079460000")

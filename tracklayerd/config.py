@@ -180,6 +180,9 @@ class IdentityConfig(_Strict):
     # A person with more linked identifiers than this is not grown further: a shared id
     # (a test account, a kiosk's anonymous id) must not glue strangers together.
     max_identifiers_per_person: int = 50
+    # Country (ISO 3166-1 alpha-2) to read national phone numbers in when the event names
+    # none. Unset: such numbers are dropped, never guessed.
+    default_region: str | None = None
 
     def window_secs(self, kind: str) -> float:
         days = self.windows_days.get(kind, DEFAULT_IDENTITY_WINDOWS_DAYS.get(kind))
@@ -300,6 +303,14 @@ def _check_values(config: Config) -> None:
                            for k, v in identity.windows_days.items())):
         if value <= 0:
             raise ConfigError(f"{where}: must be greater than 0")
+    if identity.default_region is not None:
+        from tracklayerd.pipeline.normalize import region_of
+
+        region = region_of(identity.default_region)
+        if region is None or len(identity.default_region) != 2:
+            raise ConfigError(f"identity.default_region: {identity.default_region!r} is not "
+                              "an ISO 3166-1 alpha-2 country code (e.g. \"GB\")")
+        identity.default_region = region
     for name, rules in config.mappings.items():
         if not CANONICAL_NAME.match(name):
             raise ConfigError(

@@ -157,7 +157,8 @@ class Processor:
         changes = None
         policy = self._pipeline.identity
         if policy.enabled:
-            keys = [k for item in staged if isinstance(item, Event) for k in keys_of(item.user)]
+            keys = [k for item in staged if isinstance(item, Event)
+                    for k in keys_of(item.user, policy.default_region)]
             graph = Graph.of(await self._store.load_identity(keys) if keys else [])
             staged = [
                 self._guarded(r, stitch, item, r.seq, graph, policy)

@@ -99,20 +99,21 @@ def _hashed(value: str, normalize: Callable[[str], Normalized]) -> str | None:
     return sha256_hex(normalized) if normalized else None
 
 
-def keys_of(user: Identity) -> list[tuple[str, str]]:
+def keys_of(user: Identity, default_region: str | None = None) -> list[tuple[str, str]]:
     keys = [(kind, value) for kind in CLEAR_KINDS if (value := getattr(user, kind))]
     if user.previous_id:
         keys.append(("anonymous_id", user.previous_id))  # alias: the old id, now linked
     if user.email and (email := hash_email(user.email)):
         keys.append(("email", email))
-    if user.phone and (phone := hash_phone(user.phone, region_of(user.country))):
+    region = region_of(user.country) or default_region
+    if user.phone and (phone := hash_phone(user.phone, region)):
         keys.append(("phone", phone))
     return keys
 
 
 def stitch(event: Event, event_row: int, graph: Graph, policy: IdentityConfig) -> Event:
     """Join the event's identifiers to its person; return it enriched from that person."""
-    keys = keys_of(event.user)
+    keys = keys_of(event.user, policy.default_region)
     if not keys:
         return event
     when = event.timestamp.timestamp()
