@@ -1,8 +1,8 @@
 """The processor: inbox → pipeline → canonical events + one delivery row per destination.
 
-It reads the inbox in order from its cursor and writes each slice (events, deliveries and
-the new cursor position) in one transaction, so a crash repeats at most the slice in
-progress and the unique inbox_seq on events makes the repeat harmless. It sleeps until the
+It reads the inbox in order from its cursor and writes each slice (events, deliveries,
+identity changes and the new cursor position) in one transaction, so a crash repeats at
+most the slice in progress, and an event's id being its inbox seq makes the repeat harmless. It sleeps until the
 store reports new inbox rows: no polling while idle.
 """
 
