@@ -2,8 +2,8 @@
 
 It reads the inbox in order from its cursor and writes each slice (events, deliveries,
 identity changes and the new cursor position) in one transaction, so a crash repeats at
-most the slice in progress, and an event's id being its inbox seq makes the repeat harmless. It sleeps until the
-store reports new inbox rows: no polling while idle.
+most the slice in progress, and an event's id being its inbox seq makes the repeat harmless.
+It sleeps until the store reports new inbox rows: no polling while idle.
 """
 
 from __future__ import annotations
