@@ -157,13 +157,14 @@ class Processor:
         changes = None
         policy = self._pipeline.identity
         if policy.enabled:
-            keys = [k for item in staged if isinstance(item, Event)
-                    for k in keys_of(item.user, policy.default_region)]
-            graph = Graph.of(await self._store.load_identity(keys) if keys else [])
+            keys = [keys_of(item.user, policy.default_region) if isinstance(item, Event) else []
+                    for item in staged]
+            wanted = [key for event_keys in keys for key in event_keys]
+            graph = Graph.of(await self._store.load_identity(wanted) if wanted else [])
             staged = [
-                self._guarded(r, stitch, item, r.seq, graph, policy)
+                self._guarded(r, stitch, item, r.seq, graph, policy, event_keys)
                 if isinstance(item, Event) else item
-                for r, item in zip(records, staged, strict=True)
+                for r, item, event_keys in zip(records, staged, keys, strict=True)
             ]
             changes = IdentityChanges(nodes=list(graph.changed.values()),
                                       relabels=graph.relabels)

@@ -111,9 +111,17 @@ def keys_of(user: Identity, default_region: str | None = None) -> list[tuple[str
     return keys
 
 
-def stitch(event: Event, event_row: int, graph: Graph, policy: IdentityConfig) -> Event:
-    """Join the event's identifiers to its person; return it enriched from that person."""
-    keys = keys_of(event.user, policy.default_region)
+def stitch(
+    event: Event, event_row: int, graph: Graph, policy: IdentityConfig,
+    keys: list[tuple[str, str]] | None = None,
+) -> Event:
+    """Join the event's identifiers to its person; return it enriched from that person.
+
+    `keys` are the event's `keys_of`, when the caller computed them already (to load the
+    graph): normalizing and hashing phones and emails is the costly part.
+    """
+    if keys is None:
+        keys = keys_of(event.user, policy.default_region)
     if not keys:
         return event
     when = event.timestamp.timestamp()
