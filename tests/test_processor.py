@@ -36,7 +36,7 @@ async def test_each_event_gets_one_delivery_per_active_destination(
     ]
     for stored in events:
         assert await store.deliveries_for(stored.id) == [
-            ("hook_live", "pending"), ("hook_observe", "pending"),
+            ("hook_live", "pending"), ("hook_observe", "observed"),
         ]
     assert await store.cursor(CURSOR) == events[-1].inbox_seq
 

@@ -13,12 +13,14 @@ from aiohttp import web
 
 from tracklayerd import memory, sdnotify
 from tracklayerd.config import WEBHOOK_SOURCES, Config, HttpApiSource, SegmentSource
+from tracklayerd.destinations.registry import create_destinations
 from tracklayerd.errors import StartupError
 from tracklayerd.ingest.common import ClientAddress, json_response
 from tracklayerd.ingest.http_api import NativeIngest
 from tracklayerd.ingest.segment import SegmentIngest
 from tracklayerd.ingest.webhooks import WebhookIngest
 from tracklayerd.processor import Pipeline, Processor
+from tracklayerd.scheduler import Clock, Scheduler
 from tracklayerd.store import create_store
 from tracklayerd.store.base import Store
 from tracklayerd.web.health import healthz, readyz_handler
@@ -28,6 +30,7 @@ log = logging.getLogger("tracklayerd")
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 PROCESSOR = web.AppKey("processor", Processor)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
 
 
 @web.middleware
@@ -53,18 +56,34 @@ async def error_middleware(
                                    "message": "internal error; retry later"})
 
 
-def create_app(config: Config, data_dir: Path, *, start_processor: bool = True) -> web.Application:
+def create_app(
+    config: Config, data_dir: Path, *, start_processor: bool = True,
+    clock: Clock | None = None,
+) -> web.Application:
+    """The whole service. `start_processor=False` leaves the processor and the scheduler to
+    the caller (tests drive them with run_until_idle and an injected clock)."""
     max_request = max([s.max_request_bytes for s in config.sources.values()], default=1 << 20)
     app = web.Application(middlewares=[error_middleware], client_max_size=max_request)
     app[CONFIG] = config
     store = create_store(config.storage, data_dir)
-    processor = Processor(store, Pipeline(config))
+    destinations = create_destinations(config)
+    scheduler = Scheduler(store, list(destinations.values()), clock=clock)
+    processor = Processor(store, Pipeline(config, destinations), on_processed=scheduler.wake,
+                          clock=scheduler.clock.now)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.open()
         app[STORE] = store
         yield
         await store.close()
+
+    async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[SCHEDULER] = scheduler
+        if start_processor:
+            scheduler.start()
+        yield
+        # In-flight sends get the grace period; what does not finish is sent again later.
+        await scheduler.stop(config.server.shutdown_grace_secs)
 
     async def processor_ctx(app: web.Application) -> AsyncIterator[None]:
         app[PROCESSOR] = processor
@@ -73,7 +92,7 @@ def create_app(config: Config, data_dir: Path, *, start_processor: bool = True) 
         yield
         await processor.stop()
 
-    app.cleanup_ctx.extend([store_ctx, processor_ctx])
+    app.cleanup_ctx.extend([store_ctx, scheduler_ctx, processor_ctx])
 
     client_address = ClientAddress(config.server.trusted_proxies)
     timeout = config.storage.commit_timeout_secs

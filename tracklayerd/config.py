@@ -35,6 +35,9 @@ class ServerConfig(_Strict):
     trusted_proxies: list[str] = []
     # How long in-flight requests may take to finish after SIGTERM.
     shutdown_grace_secs: float = 10.0
+    # Bearer token (or Basic password) for the introspection pages under /-/ (trace, status).
+    # Unset: they answer only to loopback clients, and only without trusted_proxies.
+    admin_token: Secret | None = None
 
 
 class StorageConfig(_Strict):
@@ -196,6 +199,23 @@ class DestinationConfig(_Strict):
     mode: Literal["live", "observe", "off"] = "live"
     # Overrides the platform URL (tests, proxies, regional endpoints).
     endpoint: str | None = None
+    # Requests in flight at once to this destination (also its connection pool size).
+    concurrency: int = 2
+    # Events per request; unset: the platform's maximum. Lower it to keep requests small.
+    max_batch_events: int | None = None
+    # A partial batch waits up to this long for more events before it is sent.
+    batch_linger_secs: float = 0.5
+    # A request without an answer after this long counts as failed and is retried.
+    timeout_secs: float = 10.0
+    # A delivery still failing this long after its event was processed becomes a dead letter.
+    retry_horizon_secs: float = 24 * 3600.0
+    # Retries wait base * 2^(attempt-1), at most max, with jitter; a Retry-After wins.
+    backoff_base_secs: float = 2.0
+    backoff_max_secs: float = 600.0
+    # After this many failed requests in a row, sending pauses (the circuit opens) for the
+    # cooldown, doubling up to backoff_max_secs while the platform stays down.
+    breaker_failures: int = 5
+    breaker_cooldown_secs: float = 30.0
 
 
 class Config(_Strict):
@@ -339,6 +359,15 @@ def _check_values(config: Config) -> None:
         positive[f"sources.{sid}.max_event_bytes"] = src.max_event_bytes
         positive[f"sources.{sid}.max_request_bytes"] = src.max_request_bytes
         positive[f"sources.{sid}.max_batch_events"] = src.max_batch_events
+    for did, dest in config.destinations.items():
+        if dest.batch_linger_secs < 0:
+            raise ConfigError(f"destinations.{did}.batch_linger_secs: must be 0 or more")
+        for option in ("concurrency", "timeout_secs", "retry_horizon_secs",
+                       "backoff_base_secs", "backoff_max_secs", "breaker_failures",
+                       "breaker_cooldown_secs"):
+            positive[f"destinations.{did}.{option}"] = getattr(dest, option)
+        if dest.max_batch_events is not None:
+            positive[f"destinations.{did}.max_batch_events"] = dest.max_batch_events
     for where, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{where}: must be greater than 0")

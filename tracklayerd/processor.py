@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from tracklayerd import memory
 from tracklayerd.config import Config, IdentityConfig
+from tracklayerd.destinations.base import Destination, Encoded
 from tracklayerd.destinations.registry import destination_platform
 from tracklayerd.errors import StoreUnavailable
 from tracklayerd.events import Event, event_encoder
@@ -52,9 +53,13 @@ class Pipeline:
     """The pure steps, configured once: decode → map → contracts → click IDs → allowlist;
     then (in the processor) identity stitching; then the delivery plan."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, destinations: Mapping[str, Destination] | None = None
+    ) -> None:
         self._sources = config.sources
         self._destinations = config.destinations
+        # The destinations that encode payloads (their types can send).
+        self._encoders = dict(destinations or {})
         self._mapper = Mapper(
             rules_from_config(config.mappings, config.pipeline.builtin_mappings)
         )
@@ -104,14 +109,33 @@ class Pipeline:
         for dest_id, dest in self._destinations.items():
             if dest.mode == "off":
                 continue
-            plan = DeliveryPlan(destination=dest_id, status="pending")
+            plan = DeliveryPlan(destination=dest_id,
+                                status="observed" if dest.mode == "observe" else "pending")
             platform = self._platforms.get(dest_id)
             if platform is not None:
                 quality = score(present, platform)
                 plan.match_quality = quality.score
                 plan.match_missing = [missing.kind for missing in quality.missing]
+            encoder = self._encoders.get(dest_id)
+            if encoder is not None:
+                self._encode(encoder, event, plan)
             plans.append(plan)
         return self._result(record, event, "accepted", None, plans)
+
+    @staticmethod
+    def _encode(destination: Destination, event: Event, plan: DeliveryPlan) -> None:
+        """Build the payload once, now: what is stored is what is sent, retried and traced."""
+        try:
+            encoded = destination.encode(event)
+        except Exception as exc:  # one destination's bug must not cost the others the event
+            log.exception("destination %s failed to encode an event", destination.id)
+            encoded = Encoded(rejected=f"internal error encoding the event: "
+                                       f"{type(exc).__name__}")
+        plan.payload = encoded.payload
+        plan.warnings = encoded.warnings
+        if encoded.payload is None:
+            plan.status = "dead"
+            plan.reason = f"rejected before sending: {encoded.rejected or 'cannot be encoded'}"
 
     @staticmethod
     def _result(
@@ -133,9 +157,16 @@ class Pipeline:
 
 
 class Processor:
-    def __init__(self, store: Store, pipeline: Pipeline) -> None:
+    def __init__(
+        self, store: Store, pipeline: Pipeline,
+        on_processed: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
+        self._clock = clock
         self._pipeline = pipeline
+        # Called after each committed slice (the scheduler's wake-up).
+        self._on_processed = on_processed
         self._wake = asyncio.Event()
         self._position: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -173,8 +204,11 @@ class Processor:
             else self._guarded(r, self._pipeline.finish, r, item)
             for r, item in zip(records, staged, strict=True)
         ]
-        await self._store.commit_processed(results, CURSOR, records[-1].seq, changes)
+        await self._store.commit_processed(results, CURSOR, records[-1].seq, changes,
+                                           now=self._clock())
         self._position = records[-1].seq
+        if self._on_processed is not None:
+            self._on_processed()
         return len(records)
 
     @staticmethod

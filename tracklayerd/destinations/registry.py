@@ -6,31 +6,44 @@ names a callable taking the :class:`Registry`; it calls :meth:`Registry.register
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tracklayerd.config import DestinationConfig
+    from tracklayerd.config import Config, DestinationConfig
+    from tracklayerd.destinations.base import Destination, Environment
+
+    Factory = Callable[[str, Any, Environment], Destination]
 
 ENTRY_POINT_GROUP = "tracklayerd.destinations"
-BUILTIN_PLUGINS = ("tracklayerd.destinations.webhook",)
+BUILTIN_PLUGINS = ("tracklayerd.destinations.webhook", "tracklayerd.destinations.meta_capi")
 
 
 class Registry:
     def __init__(self) -> None:
         self._config_types: dict[str, type[DestinationConfig]] = {}
         self._platforms: dict[str, str] = {}
+        self._factories: dict[str, Factory] = {}
 
     def register(
-        self, type_name: str, config_type: type[DestinationConfig], platform: str | None = None
+        self, type_name: str, config_type: type[DestinationConfig], platform: str | None = None,
+        factory: Factory | None = None,
     ) -> None:
         """Add a destination type. `platform` names the identity rules and match-quality
-        weights it uses ("meta", "google", ...; see pipeline/quality.py); None for none."""
+        weights it uses ("meta", "google", ...; see pipeline/quality.py); None for none.
+        `factory(destination_id, config, environment)` makes the Destination (see
+        destinations/base.py); a type without one is validated and scored, never sent."""
         if type_name in self._config_types:
             raise ValueError(f"destination type {type_name!r} is registered twice")
         self._config_types[type_name] = config_type
         if platform is not None:
             self._platforms[type_name] = platform
+        if factory is not None:
+            self._factories[type_name] = factory
+
+    def factory(self, type_name: str) -> Factory | None:
+        return self._factories.get(type_name)
 
     def platform(self, type_name: str) -> str | None:
         return self._platforms.get(type_name)
@@ -65,3 +78,25 @@ def destination_platform(type_name: str) -> str | None:
 
 def destination_config_type(type_name: str) -> type[DestinationConfig] | None:
     return registry().config_type(type_name)
+
+
+def create_destination(
+    destination_id: str, config: DestinationConfig, environment: Environment
+) -> Destination | None:
+    """The destination for a configured id; None when its type cannot send."""
+    factory = registry().factory(config.type)
+    return None if factory is None else factory(destination_id, config, environment)
+
+
+def create_destinations(config: Config) -> dict[str, Destination]:
+    """Every configured destination that can send (mode off included: replay may use it)."""
+    from tracklayerd import __version__
+    from tracklayerd.destinations.base import Environment
+
+    environment = Environment(default_region=config.identity.default_region,
+                              user_agent=f"tracklayerd/{__version__}")
+    made = {
+        dest_id: create_destination(dest_id, dest, environment)
+        for dest_id, dest in config.destinations.items()
+    }
+    return {dest_id: dest for dest_id, dest in made.items() if dest is not None}

@@ -29,11 +29,86 @@ class InboxRecord(InboxRow, kw_only=True):
 
 class DeliveryPlan(msgspec.Struct):
     destination: str
-    status: str  # initial state, normally "pending"
+    status: str  # initial state: pending, observed, or dead (the platform would refuse it)
     reason: str | None = None
     # Match quality for the destination's platform (0-10) and its top missing identifiers.
     match_quality: float | None = None
     match_missing: list[str] = []
+    # The event as the platform takes it (destinations/base.py Encoded.payload).
+    payload: bytes | None = None
+    warnings: list[str] = []
+
+
+QUEUED = ("pending", "retrying", "in_flight")
+TERMINAL = ("delivered", "dead", "suppressed", "observed")
+
+
+class LeasedDelivery(msgspec.Struct, kw_only=True):
+    """A delivery taken for sending; its lease expires at next_attempt_at."""
+
+    id: int
+    event_row: int
+    attempts: int
+    created_at: float
+    occurred_at: float | None
+    payload: bytes | None  # None: encode it from the stored event (see event_bodies)
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    delivery: int
+    outcome: str  # delivered | retry | rejected | split | filtered
+    reason: str | None = None
+
+
+class Exchange(msgspec.Struct, kw_only=True):
+    """One request to a platform (or none, for decisions made without sending) and the
+    attempt it was for each delivery in it."""
+
+    destination: str
+    attempts: list[Attempt]
+    started_at: float
+    duration_ms: float | None = None
+    http_status: int | None = None
+    response: str | None = None
+    error: str | None = None
+    sent: bool = True  # False: no request was made (filtered before sending)
+
+
+class DeliveryUpdate(msgspec.Struct, kw_only=True):
+    """A leased delivery's new state after its attempt(s)."""
+
+    id: int
+    status: str  # delivered | retrying | dead
+    next_attempt_at: float
+    reason: str | None = None
+    tried: bool = True  # False: decided without sending (attempts is not increased)
+
+
+class AttemptRecord(msgspec.Struct, kw_only=True):
+    at: float
+    outcome: str
+    reason: str | None
+    request: int | None
+    http_status: int | None
+    duration_ms: float | None
+    response: str | None
+    error: str | None
+
+
+class DeliveryRecord(msgspec.Struct, kw_only=True):
+    id: int
+    destination: str
+    status: str
+    attempts: int
+    next_attempt_at: float
+    reason: str | None
+    created_at: float | None
+    finished_at: float | None
+    match_quality: float | None
+    match_missing: list[str]
+    payload: bytes | None
+    warnings: list[str]
+    history: list[AttemptRecord] = []
 
 
 class QualitySummary(msgspec.Struct):
@@ -130,9 +205,10 @@ class Store(Protocol):
 
     async def commit_processed(
         self, events: Sequence[ProcessedEvent], cursor_name: str, position: int,
-        identity: IdentityChanges | None = None,
+        identity: IdentityChanges | None = None, now: float | None = None,
     ) -> None:
-        """Write events, deliveries, identity changes and the cursor in one transaction."""
+        """Write events, deliveries, identity changes and the cursor in one transaction.
+        New deliveries are due at `now` (default: the current time)."""
 
     async def quality_summary(self, since: float = 0.0) -> list[QualitySummary]:
         """Match quality per destination and canonical event, over events received since."""
@@ -156,3 +232,46 @@ class Store(Protocol):
     async def events_for(self, source: str, event_ids: Sequence[str]) -> list[StoredEvent]: ...
     async def inbox_message_ids(self, source: str) -> list[str]: ...
     async def deliveries_for(self, event_row: int) -> list[tuple[str, str]]: ...
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    async def lease_deliveries(
+        self, destination: str, now: float, limit: int, lease_secs: float
+    ) -> list[LeasedDelivery]:
+        """Take up to `limit` due deliveries (oldest due first) and mark them in_flight until
+        now + lease_secs. An in_flight delivery whose lease ran out is due again (a crash
+        mid-send re-sends it, with the same payload and event id)."""
+
+    async def event_bodies(self, event_rows: Sequence[int]) -> dict[int, bytes]:
+        """The stored canonical events (JSON) by row, for deliveries without a payload."""
+
+    async def finish_deliveries(
+        self, exchanges: Sequence[Exchange], updates: Sequence[DeliveryUpdate], now: float
+    ) -> None:
+        """Record requests and attempts and apply the new states, in one transaction."""
+
+    async def release_leases(self, ids: Sequence[int], now: float) -> None:
+        """Give leased deliveries back unsent (shutdown), due now."""
+
+    async def next_due(self, destination: str) -> float | None:
+        """When the earliest queued delivery of `destination` is due (None: none queued)."""
+
+    async def requeue(
+        self, destination: str, statuses: Sequence[str], since: float | None, now: float,
+        rebuild: bool = False, limit: int | None = None,
+    ) -> int:
+        """Queue again (oldest first, at most `limit`) the deliveries of `destination` in
+        `statuses` of events received since `since`; the retry horizon restarts. `rebuild`
+        drops the stored payload so it is encoded again from the event with the current
+        config. Returns how many."""
+
+    async def count_deliveries(
+        self, destination: str, statuses: Sequence[str], since: float | None = None
+    ) -> int:
+        """Deliveries of `destination` in `statuses`, of events received since `since`."""
+
+    async def delivery_records(self, event_row: int) -> list[DeliveryRecord]:
+        """Every delivery of a stored event with its full attempt history (the trace)."""
+
+    async def inbox_record(self, seq: int) -> InboxRecord | None: ...
+    async def stored_event(self, event_row: int) -> StoredEvent | None: ...

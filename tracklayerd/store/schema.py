@@ -80,6 +80,43 @@ MIGRATIONS: list[str] = [
     ALTER TABLE deliveries ADD COLUMN match_quality REAL;
     ALTER TABLE deliveries ADD COLUMN match_missing TEXT;  -- space-separated kinds
     """,
+    # 4: delivery: the payload as the platform takes it, the queue index, requests sent and
+    # every attempt.
+    """
+    ALTER TABLE deliveries ADD COLUMN payload BLOB;        -- this event's element of the batch
+    ALTER TABLE deliveries ADD COLUMN warnings TEXT;       -- newline-separated
+    ALTER TABLE deliveries ADD COLUMN created_at REAL;     -- the retry horizon counts from here
+    ALTER TABLE deliveries ADD COLUMN occurred_at REAL;    -- the event's time (platform age limits)
+    ALTER TABLE deliveries ADD COLUMN finished_at REAL;    -- delivered or dead
+    UPDATE deliveries SET created_at = updated_at;
+    DROP INDEX deliveries_due;
+    -- Only queued rows are in it, so it stays small however many deliveries are kept, and a
+    -- delivered row costs one index delete. An in_flight row's next_attempt_at is its lease
+    -- expiry: a crash mid-send makes it due again.
+    CREATE INDEX deliveries_queue ON deliveries (destination, next_attempt_at)
+        WHERE status IN ('pending', 'retrying', 'in_flight');
+    CREATE INDEX deliveries_destination_status ON deliveries (destination, status);
+    CREATE TABLE requests (
+        id INTEGER PRIMARY KEY,
+        destination TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        duration_ms REAL,
+        events INTEGER NOT NULL,
+        http_status INTEGER,                   -- NULL: no answer (see error)
+        response TEXT,                         -- the platform's body, verbatim (truncated)
+        error TEXT                             -- transport failure, when there was no answer
+    );
+    CREATE INDEX requests_destination ON requests (destination, started_at);
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        delivery INTEGER NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+        request INTEGER,                       -- NULL: decided without sending (too old, ...)
+        at REAL NOT NULL,
+        outcome TEXT NOT NULL,                 -- delivered | retry | rejected | split | filtered
+        reason TEXT
+    );
+    CREATE INDEX attempts_delivery ON attempts (delivery);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -33,11 +33,17 @@ import aiosqlite
 from tracklayerd.errors import StartupError, StoreUnavailable
 from tracklayerd.store import schema
 from tracklayerd.store.base import (
+    QUEUED,
+    AttemptRecord,
+    DeliveryRecord,
+    DeliveryUpdate,
+    Exchange,
     ForgetReport,
     IdentityChanges,
     IdentityNode,
     InboxRecord,
     InboxRow,
+    LeasedDelivery,
     ProcessedEvent,
     QualitySummary,
     StoredEvent,
@@ -64,6 +70,7 @@ INSERT_INBOX = (
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 FULL_FRACTION = 0.98
+QUEUED_SQL = "(" + ", ".join(f"'{status}'" for status in QUEUED) + ")"
 
 
 class SQLiteStore:
@@ -270,9 +277,9 @@ class SQLiteStore:
 
     async def commit_processed(
         self, events: Sequence[ProcessedEvent], cursor_name: str, position: int,
-        identity: IdentityChanges | None = None,
+        identity: IdentityChanges | None = None, now: float | None = None,
     ) -> None:
-        now = time.time()
+        now = time.time() if now is None else now
 
         # An event's id is its inbox seq, so a slice is two executemany calls, and a slice
         # processed twice (crash between commit and cursor) changes nothing the second time.
@@ -283,7 +290,8 @@ class SQLiteStore:
         ]
         delivery_rows = [
             (ev.inbox_seq, d.destination, d.status, now, d.reason, now, d.match_quality,
-             " ".join(d.match_missing) or None)
+             " ".join(d.match_missing) or None, d.payload, "\n".join(d.warnings) or None,
+             now, ev.occurred_at, None if d.status in QUEUED else now)
             for ev in events for d in ev.deliveries
         ]
         node_rows = [] if identity is None else [
@@ -300,8 +308,9 @@ class SQLiteStore:
             if delivery_rows:
                 conn.executemany(
                     "INSERT OR IGNORE INTO deliveries (event_row, destination, status,"
-                    " next_attempt_at, last_reason, updated_at, match_quality, match_missing)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " next_attempt_at, last_reason, updated_at, match_quality, match_missing,"
+                    " payload, warnings, created_at, occurred_at, finished_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     delivery_rows,
                 )
             if identity is not None:
@@ -486,6 +495,172 @@ class SQLiteStore:
             (event_row,),
         )
         return [(r[0], r[1]) for r in rows]
+
+    # -- delivery -------------------------------------------------------------------------
+
+    async def lease_deliveries(
+        self, destination: str, now: float, limit: int, lease_secs: float
+    ) -> list[LeasedDelivery]:
+        until = now + lease_secs
+
+        def job(conn: sqlite3.Connection) -> list[Any]:
+            # The status condition is spelled exactly as the partial index's, so it is used.
+            return conn.execute(
+                "UPDATE deliveries SET status = 'in_flight', lease_until = ?1,"
+                " next_attempt_at = ?1, updated_at = ?2 WHERE id IN (SELECT id FROM deliveries"
+                f" WHERE destination = ?3 AND status IN {QUEUED_SQL} AND next_attempt_at <= ?2"
+                " ORDER BY next_attempt_at LIMIT ?4)"
+                " RETURNING id, event_row, attempts, coalesce(created_at, updated_at),"
+                " occurred_at, payload",
+                (until, now, destination, limit),
+            ).fetchall()
+
+        rows = await self.writer.run(job, rows=limit)
+        leased = [
+            LeasedDelivery(id=r[0], event_row=r[1], attempts=r[2], created_at=r[3],
+                           occurred_at=r[4], payload=None if r[5] is None else bytes(r[5]))
+            for r in rows
+        ]
+        leased.sort(key=lambda d: d.id)  # RETURNING order is unspecified; keep arrival order
+        return leased
+
+    async def event_bodies(self, event_rows: Sequence[int]) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        for chunk in _chunks(list(event_rows), 800):
+            marks = ",".join("?" * len(chunk))
+            for row_id, body in await self._fetchall(
+                f"SELECT id, body FROM events WHERE id IN ({marks})", chunk
+            ):
+                if body is not None:
+                    found[int(row_id)] = bytes(body)
+        return found
+
+    async def finish_deliveries(
+        self, exchanges: Sequence[Exchange], updates: Sequence[DeliveryUpdate], now: float
+    ) -> None:
+        update_rows = [
+            (u.status, int(u.tried), u.next_attempt_at, u.reason, now,
+             now if u.status not in QUEUED else None, u.id)
+            for u in updates
+        ]
+
+        def job(conn: sqlite3.Connection) -> None:
+            for ex in exchanges:
+                request = None
+                if ex.sent:
+                    request = conn.execute(
+                        "INSERT INTO requests (destination, started_at, duration_ms, events,"
+                        " http_status, response, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (ex.destination, ex.started_at, ex.duration_ms, len(ex.attempts),
+                         ex.http_status, ex.response, ex.error),
+                    ).lastrowid
+                conn.executemany(
+                    "INSERT INTO attempts (delivery, request, at, outcome, reason)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(a.delivery, request, ex.started_at, a.outcome, a.reason)
+                     for a in ex.attempts],
+                )
+            conn.executemany(
+                "UPDATE deliveries SET status = ?, attempts = attempts + ?, next_attempt_at = ?,"
+                " last_reason = ?, updated_at = ?, finished_at = ?, lease_until = NULL"
+                " WHERE id = ?",
+                update_rows,
+            )
+
+        attempts = sum(len(ex.attempts) for ex in exchanges)
+        await self.writer.run(job, rows=len(update_rows) + attempts + len(exchanges))
+
+    async def release_leases(self, ids: Sequence[int], now: float) -> None:
+        rows = [(now, now, i) for i in ids]
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'retrying'"
+                " ELSE 'pending' END, next_attempt_at = ?, lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND status = 'in_flight'", rows)
+
+        await self.writer.run(job, rows=len(rows))
+
+    async def next_due(self, destination: str) -> float | None:
+        rows = await self._fetchall(
+            "SELECT min(next_attempt_at) FROM deliveries"
+            f" WHERE destination = ? AND status IN {QUEUED_SQL}", (destination,))
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    async def requeue(
+        self, destination: str, statuses: Sequence[str], since: float | None, now: float,
+        rebuild: bool = False, limit: int | None = None,
+    ) -> int:
+        marks = ",".join("?" * len(statuses))
+        payload = "NULL" if rebuild else "payload"
+
+        def job(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                f"UPDATE deliveries SET status = 'pending', payload = {payload},"
+                " next_attempt_at = ?1, created_at = ?1, updated_at = ?1, finished_at = NULL,"
+                " lease_until = NULL WHERE id IN (SELECT d.id FROM deliveries d"
+                " JOIN events e ON e.id = d.event_row WHERE d.destination = ?2"
+                f" AND d.status IN ({marks}) AND e.received_at >= ?3 ORDER BY d.id LIMIT ?4)",
+                (now, destination, since or 0.0, -1 if limit is None else limit, *statuses),
+            ).rowcount
+
+        count: int = await self.writer.run(job, rows=limit or 1)
+        return count
+
+    async def count_deliveries(
+        self, destination: str, statuses: Sequence[str], since: float | None = None
+    ) -> int:
+        marks = ",".join("?" * len(statuses))
+        rows = await self._fetchall(
+            "SELECT count(*) FROM deliveries d JOIN events e ON e.id = d.event_row"
+            f" WHERE d.destination = ? AND d.status IN ({marks}) AND e.received_at >= ?",
+            (destination, *statuses, since or 0.0))
+        return int(rows[0][0])
+
+    async def delivery_records(self, event_row: int) -> list[DeliveryRecord]:
+        records = [
+            DeliveryRecord(
+                id=r[0], destination=r[1], status=r[2], attempts=r[3], next_attempt_at=r[4],
+                reason=r[5], created_at=r[6], finished_at=r[7], match_quality=r[8],
+                match_missing=(r[9] or "").split(), payload=None if r[10] is None
+                else bytes(r[10]), warnings=[w for w in (r[11] or "").split("\n") if w],
+            )
+            for r in await self._fetchall(
+                "SELECT id, destination, status, attempts, next_attempt_at, last_reason,"
+                " created_at, finished_at, match_quality, match_missing, payload, warnings"
+                " FROM deliveries WHERE event_row = ? ORDER BY destination", (event_row,))
+        ]
+        for record in records:
+            record.history = [
+                AttemptRecord(at=r[0], outcome=r[1], reason=r[2], request=r[3],
+                              http_status=r[4], duration_ms=r[5], response=r[6], error=r[7])
+                for r in await self._fetchall(
+                    "SELECT a.at, a.outcome, a.reason, a.request, q.http_status,"
+                    " q.duration_ms, q.response, q.error FROM attempts a"
+                    " LEFT JOIN requests q ON q.id = a.request WHERE a.delivery = ?"
+                    " ORDER BY a.id", (record.id,))
+            ]
+        return records
+
+    async def inbox_record(self, seq: int) -> InboxRecord | None:
+        rows = await self._fetchall(
+            "SELECT seq, source, message_id, kind, received_at, request_ip, payload"
+            " FROM inbox WHERE seq = ?", (seq,))
+        if not rows:
+            return None
+        r = rows[0]
+        return InboxRecord(seq=r[0], source=r[1], message_id=r[2], kind=r[3], received_at=r[4],
+                           request_ip=r[5], payload=bytes(r[6]))
+
+    async def stored_event(self, event_row: int) -> StoredEvent | None:
+        rows = await self._fetchall(
+            "SELECT id, id, source, event_id, status, name, reason, body FROM events"
+            " WHERE id = ?", (event_row,))
+        if not rows:
+            return None
+        r = rows[0]
+        return StoredEvent(id=r[0], inbox_seq=r[1], source=r[2], event_id=r[3], status=r[4],
+                           name=r[5], reason=r[6], body=None if r[7] is None else bytes(r[7]))
 
     async def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Any]:
         try:
