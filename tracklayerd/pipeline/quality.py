@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import msgspec
 
@@ -215,7 +216,12 @@ def score(identity_present: Iterable[str], platform: str) -> MatchQuality:
 
     Raises ValueError for an unknown platform or kind (a typo would otherwise score 0).
     """
-    present = frozenset(identity_present)
+    return _score(frozenset(identity_present), platform)
+
+
+@lru_cache(maxsize=4096)
+def _score(present: frozenset[str], platform: str) -> MatchQuality:
+    # Cached: events carry few distinct sets of identifier kinds, and the result is frozen.
     if platform not in WEIGHTS:
         raise ValueError(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
     if unknown := present - KINDS:
