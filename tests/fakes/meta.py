@@ -40,7 +40,8 @@ What it received:
 - ``requests``: every request, answered or not (:class:`RawRequest`: method, path, query,
   headers, body bytes);
 - ``accepted``: the requests answered 200 (:class:`AcceptedRequest`: query and decoded body);
-- ``events`` / ``event_ids``: the events of accepted requests, in order.
+- ``events`` / ``event_ids``: the events of accepted requests, in order;
+- ``accepted_any``: an asyncio.Event set at each accepted request (clear it, then wait).
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ class FakeMeta:
         self._script: deque[_Respond | _Hang | _Reset] = deque()
         self._bad_ids: dict[str, GraphError] = {}
         self._released = asyncio.Event()
+        # Set at each accepted request: tests wait on it instead of polling.
+        self.accepted_any = asyncio.Event()
         self.app = web.Application()
         self.app.router.add_post("/{path:.*}", self._handle)
         self.app.on_shutdown.append(self._on_shutdown)
@@ -236,6 +239,7 @@ class FakeMeta:
         except GraphError as exc:
             return _error_response(exc)
         self.accepted.append(AcceptedRequest(query, decoded))
+        self.accepted_any.set()
         return web.json_response({"events_received": len(decoded["data"]), "messages": [],
                                   "fbtrace_id": _trace_id()})
 

@@ -25,7 +25,7 @@ from tracklayerd.config import DestinationConfig
 from tracklayerd.errors import DestinationError
 from tracklayerd.events import Event
 
-RESPONSE_CHARS = 16_384  # platform answers are kept verbatim up to this length
+RESPONSE_CHARS = 65_536  # platform answers are kept verbatim up to this length (per-event results)
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
