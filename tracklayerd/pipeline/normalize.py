@@ -127,6 +127,13 @@ def _valid_email(local: str, domain: str) -> bool:
 
 def normalize_email(value: str, spec: Email, hints: Hints = NO_HINTS) -> Normalized:
     """Trimmed and lowercase; the platform's local-part rules applied; syntax checked."""
+    return _normalize_email(value, spec)
+
+
+@lru_cache(maxsize=16384)
+def _normalize_email(value: str, spec: Email) -> Normalized:
+    # Cached (results are frozen): the identity graph and each destination read the same
+    # address of an event.
     text = unicodedata.normalize("NFC", value.strip().lower())
     local, _, domain = text.rpartition("@")
     if not _valid_email(local, domain):
@@ -417,7 +424,7 @@ def _prepare(raw: object, rule: Rule, platform: str, table: Platform, hints: Hin
     value = raw.strip()
     if not value:
         return _ABSENT
-    if any(unicodedata.category(c) == "Cs" for c in value):
+    if not value.isascii() and any(unicodedata.category(c) == "Cs" for c in value):
         return _drop("is not valid Unicode text")
     if rule.hashed:
         if table.param_builder_suffix and _PARAM_BUILDER.fullmatch(value):
