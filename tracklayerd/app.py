@@ -24,6 +24,7 @@ from tracklayerd.scheduler import Clock, Scheduler
 from tracklayerd.store import create_store
 from tracklayerd.store.base import Store
 from tracklayerd.web.health import healthz, readyz_handler
+from tracklayerd.web.trace import lookup_handler, trace_handler
 
 log = logging.getLogger("tracklayerd")
 
@@ -48,7 +49,8 @@ async def error_middleware(
         return json_response(
             exc.status, {"success": False, "error": code, "code": code,
                          "message": exc.text or exc.reason},
-            headers={k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")},
+            headers={k: v for k, v in exc.headers.items()
+                     if k in ("Allow", "Retry-After", "WWW-Authenticate")},
         )
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path)
@@ -116,6 +118,8 @@ def create_app(
         WebhookIngest(webhook_sources, store, commit_timeout_secs=timeout,
                       client_address=client_address).add_routes(app.router)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/-/events/{id}", trace_handler(store))
+    app.router.add_get("/-/events", lookup_handler(store))
     app.router.add_get("/readyz", readyz_handler(store))
     return app
 
