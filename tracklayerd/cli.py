@@ -6,9 +6,10 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
 import click
 import msgspec
@@ -26,6 +27,7 @@ from tracklayerd.config import (
 from tracklayerd.errors import ConfigError, TracklayerdError
 
 log = logging.getLogger("tracklayerd")
+T = TypeVar("T")
 
 UNAUTHENTICATED_BANNER = """\
 *************************************************************************
@@ -35,14 +37,20 @@ UNAUTHENTICATED_BANNER = """\
 *************************************************************************"""
 
 
-def run_async(coro: Coroutine[Any, Any, None]) -> None:
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
-        asyncio.run(coro)
-        return
+        return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro)
+        return runner.run(coro)
+
+
+class UsageFailure(click.ClickException):
+    """A config or usage problem of preview, replay or send-test. Exit status 2 (click's
+    usage errors), because 1 means "refused" or "not delivered" there."""
+
+    exit_code = 2
 
 
 def _data_dir(option: str | None) -> Path:
@@ -172,6 +180,147 @@ def forget(config_path: str | None, data_dir: str | None, user_ids: tuple[str, .
         run_async(run())
     except TracklayerdError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _load_required(config_path: str) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise UsageFailure(str(exc)) from None
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
+              envvar="TRACKLAYERD_CONFIG")
+@click.option("--source", "source_id",
+              help="The source whose format the event is in [default: the only source].")
+@click.option("--destination", "destination_id", required=True,
+              help="The destination to preview (any mode).")
+@click.argument("event_file", metavar="[FILE|-]", type=click.File("rb"), default="-")
+def preview(config_path: str, source_id: str | None, destination_id: str,
+            event_file: BinaryIO) -> None:
+    """Print the request body a destination would get for one event (from FILE or stdin).
+
+    stdout: exactly that body, and a newline. stderr: warnings and match quality. Exit
+    status 0: it would be sent; 1: it would be refused or dropped; 2: a usage or config error.
+    """
+    from tracklayerd import delivery_tools as tools
+
+    config = _load_required(config_path)
+    if source_id is None:
+        if len(config.sources) != 1:
+            raise UsageFailure(f"give --source: the config has {len(config.sources)} sources "
+                               f"({', '.join(sorted(config.sources)) or 'none'})")
+        source_id = next(iter(config.sources))
+    try:
+        result = tools.preview(config, source_id, destination_id, event_file.read())
+    except tools.UsageProblem as exc:
+        raise UsageFailure(str(exc)) from None
+    for note in result.notes:
+        click.echo(note, err=True)
+    if result.body is None:
+        click.echo(f"not sent: {result.refused}", err=True)
+        click.get_current_context().exit(1)
+    click.echo(result.body)  # bytes: written as they are
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
+              envvar="TRACKLAYERD_CONFIG")
+@click.option("--data-dir", envvar="TRACKLAYERD_DATA_DIR", type=click.Path(file_okay=False),
+              help="As for serve: where a relative storage path lives.")
+@click.option("--destination", "destination_id", required=True)
+@click.option("--status", "statuses", multiple=True, default=("dead",), show_default=True,
+              type=click.Choice(["dead", "retrying", "observed", "delivered", "suppressed"]),
+              help="Re-queue deliveries in this status (repeatable).")
+@click.option("--since", help="Only events received since: ISO 8601, or 30m, 24h, 7d.")
+@click.option("--rebuild", is_flag=True,
+              help="Encode the stored events again with the current config.")
+@click.option("--force", is_flag=True,
+              help="Send again what the destination accepted already (--status delivered or "
+                   "suppressed, and dead ones whose event id was delivered since).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def replay(config_path: str, data_dir: str | None, destination_id: str,
+           statuses: tuple[str, ...], since: str | None, rebuild: bool, force: bool,
+           yes: bool) -> None:
+    """Queue a destination's dead (or other) deliveries again; the server sends them.
+
+    Same event ids, and the same payloads unless --rebuild.
+    """
+    from tracklayerd import delivery_tools as tools
+    from tracklayerd.store import create_store
+
+    config = _load_required(config_path)
+    statuses = tuple(dict.fromkeys(statuses))
+    try:
+        since_ts = None if since is None else tools.parse_since(since, time.time())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    try:
+        notes = tools.replay_notes(config, destination_id, statuses, force)
+    except tools.UsageProblem as exc:
+        raise UsageFailure(str(exc)) from None
+    directory = _data_dir(data_dir)
+    path = tools.store_path(config, directory)
+    if not path.exists():
+        raise UsageFailure(f"no store at {path}: give the config and --data-dir the server uses")
+    for note in notes:
+        click.echo(note, err=True)
+    store = create_store(config.storage, directory)
+
+    async def run() -> int:
+        await store.open()
+        try:
+            total = await store.count_deliveries(destination_id, statuses, since_ts, force)
+            click.echo(f"{tools.deliveries(total)} of {destination_id} in status "
+                       f"{' or '.join(statuses)}" + (f" since {since}" if since else ""))
+            if not total:
+                return 0
+            if not yes:
+                click.confirm("re-queue them?", abort=True, err=True)
+            with click.progressbar(length=total, label="re-queueing", file=sys.stderr) as bar:
+                return await tools.requeue_all(store, destination_id, statuses, since_ts,
+                                               rebuild, force, total, bar.update)
+        finally:
+            await store.close()
+
+    try:
+        count = run_async(run())
+    except TracklayerdError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(tools.replay_summary(count, destination_id))
+
+
+@cli.command("send-test")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
+              envvar="TRACKLAYERD_CONFIG")
+@click.option("--destination", "destination_id", required=True)
+@click.option("--test-event-code", help="Overrides the destination's test_event_code (Meta).")
+@click.option("--live", is_flag=True,
+              help="Send even without a test event code: it counts as a real conversion.")
+def send_test(config_path: str, destination_id: str, test_event_code: str | None,
+              live: bool) -> None:
+    """Send one test identify + purchase (fake data, 1.00 USD) straight to a destination.
+
+    Prints the platform's HTTP status and body. Exit status 0 when it was delivered.
+    """
+    from tracklayerd import delivery_tools as tools
+
+    config = _load_required(config_path)
+    try:
+        destination, notes = tools.send_test_destination(config, destination_id,
+                                                         test_event_code, live)
+    except tools.UsageProblem as exc:
+        raise UsageFailure(str(exc)) from None
+    for note in notes:
+        click.echo(note, err=True)
+    result = run_async(tools.send_test(destination, tools.send_test_events(time.time())))
+    for note in result.notes:
+        click.echo(note, err=True)
+    for line in result.lines:
+        click.echo(line)
+    if not result.delivered:
+        click.get_current_context().exit(1)
 
 
 @cli.command()
