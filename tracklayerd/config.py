@@ -192,6 +192,20 @@ class IdentityConfig(_Strict):
         return min(days if days is not None else self.lookback_days, self.lookback_days) * 86400
 
 
+class ConsentConfig(_Strict):
+    """Region policy for consent-gated destinations (docs/consent.md)."""
+
+    # Where a missing consent means "no": ISO 3166-1 alpha-2 countries, "CC-SUB"
+    # subdivisions ("CA-QC"), and "EEA" / "EU" for those groups of countries.
+    opt_in_regions: list[str] = msgspec.field(default_factory=lambda: ["EEA", "GB", "CH"])
+    # Whether an event from an unknown place is treated as from an opt-in region.
+    unknown_region: Literal["opt_in", "opt_out"] = "opt_in"
+    # Categories every ad-platform destination requires when it sets no `consent` itself.
+    ad_categories: list[str] = []
+    # US states (2-letter codes) whose users get the platforms' limited-data-use flags.
+    ldu_states: list[str] = []
+
+
 class DestinationConfig(_Strict):
     """Fields every destination has; a destination type subclasses it with its own."""
 
@@ -216,6 +230,11 @@ class DestinationConfig(_Strict):
     # cooldown, doubling up to backoff_max_secs while the platform stays down.
     breaker_failures: int = 5
     breaker_cooldown_secs: float = 30.0
+    # Consent categories this destination needs, all granted. None: [consent] ad_categories
+    # for ad platforms, nothing otherwise; [] opts out of consent gating explicitly.
+    consent: list[str] | None = None
+    # Without consent: no delivery ("suppress"), or one without personal data ("limited").
+    consent_denied: Literal["suppress", "limited"] = "suppress"
 
 
 class Config(_Strict):
@@ -227,6 +246,7 @@ class Config(_Strict):
     mappings: dict[str, Mapping | list[Mapping]] = {}
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     identity: IdentityConfig = msgspec.field(default_factory=IdentityConfig)
+    consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
     # True only for the built-in dev mirror used when no config is given.
     embedded_default: bool = False
 
@@ -331,6 +351,7 @@ def _check_values(config: Config) -> None:
             raise ConfigError(f"identity.default_region: {identity.default_region!r} is not "
                               "an ISO 3166-1 alpha-2 country code (e.g. \"GB\")")
         identity.default_region = region
+    _check_consent(config)
     for name, rules in config.mappings.items():
         if not CANONICAL_NAME.match(name):
             raise ConfigError(
@@ -383,6 +404,35 @@ def _check_values(config: Config) -> None:
                     f"sources.{sid}: the same token or write key is also used by "
                     f"sources.{other}; a key must identify one source"
                 )
+
+
+def _check_consent(config: Config) -> None:
+    """Region codes must be real ones: a typo would silently turn a policy off."""
+    from tracklayerd.pipeline.consent import opt_in_region, us_state
+
+    consent = config.consent
+    for i, entry in enumerate(consent.opt_in_regions):
+        region = opt_in_region(entry)
+        if region is None:
+            raise ConfigError(
+                f"consent.opt_in_regions[{i}]: {entry!r} is not \"EEA\", \"EU\", an ISO 3166-1 "
+                "alpha-2 country code (\"GB\") or an ISO 3166-2 subdivision code (\"CA-QC\")")
+        consent.opt_in_regions[i] = region
+    for i, entry in enumerate(consent.ldu_states):
+        state = us_state(entry)
+        if state is None:
+            raise ConfigError(f"consent.ldu_states[{i}]: {entry!r} is not the 2-letter code of "
+                              "a US state (\"CA\")")
+        consent.ldu_states[i] = state
+    lists = {"consent.ad_categories": consent.ad_categories}
+    for did, dest in config.destinations.items():
+        if dest.consent is not None:
+            lists[f"destinations.{did}.consent"] = dest.consent
+    for where, categories in lists.items():
+        for i, category in enumerate(categories):
+            if not category.strip() or len(category) > 128:
+                raise ConfigError(f"{where}[{i}]: a consent category id is 1 to 128 "
+                                  "characters, not blank")
 
 
 def load_config(path: str | Path) -> Config:

@@ -84,6 +84,20 @@ class Consent(_Part):
     ad_personalization: bool | None = None
     # Where the consent rules apply: ISO 3166-1 alpha-2, optionally "-" subdivision ("US-CA").
     region: Str128 | None = None
+    # False when the sender stated consent without category preferences (only RudderStack
+    # ids, Google signals or a location): `categories` then says nothing. True (the default)
+    # keeps an empty `categories` meaning what Segment means by it: every category denied.
+    categories_stated: bool = True
+    # RudderStack `context.consentManagement`: the consent manager, the ids the user granted
+    # and denied, and how a destination's several ids combine ("and": all, "or": any).
+    provider: Str128 | None = None
+    allowed: list[Str128] = []
+    denied: list[Str128] = []
+    strategy: Literal["and", "or"] | None = None
+    # Segment `context.location` as sent (a country and a region, names or codes); the
+    # consent step falls back to it when `region` is unset.
+    location_country: Str128 | None = None
+    location_region: Str128 | None = None
 
 
 class Context(_Part):

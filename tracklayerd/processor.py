@@ -24,6 +24,7 @@ from tracklayerd.events import Event, event_encoder
 from tracklayerd.pipeline import contracts
 from tracklayerd.pipeline.click_ids import extract_click_ids
 from tracklayerd.pipeline.decode import Undecodable, decode
+from tracklayerd.pipeline.dedup import DedupPolicy, Duplicate, Seen, check, dedup_key
 from tracklayerd.pipeline.identity import Graph, keys_of, stitch
 from tracklayerd.pipeline.mapping import Mapper, rules_from_config
 from tracklayerd.pipeline.quality import PLATFORMS, identifiers_present, score
@@ -68,6 +69,7 @@ class Pipeline:
             for sid, src in config.sources.items() if src.allow
         }
         self._identity = config.identity
+        self.dedup = DedupPolicy()
         # Destinations whose platform has a match-quality model (pipeline/quality.py).
         self._platforms = {
             dest_id: platform for dest_id, dest in config.destinations.items()
@@ -77,6 +79,12 @@ class Pipeline:
     @property
     def identity(self) -> IdentityConfig:
         return self._identity
+
+    @property
+    def sending_destinations(self) -> list[str]:
+        """Destinations that deliver (live, with a sending type): the ledger applies."""
+        return [dest_id for dest_id, dest in self._destinations.items()
+                if dest.mode == "live" and dest_id in self._encoders]
 
     def process(self, record: InboxRecord) -> ProcessedEvent:
         """One inbox record → its canonical event and delivery plan (without stitching)."""
@@ -103,7 +111,12 @@ class Pipeline:
             return self._result(record, event, "dropped", reason, [])
         return event
 
-    def finish(self, record: InboxRecord, event: Event) -> ProcessedEvent:
+    def finish(
+        self, record: InboxRecord, event: Event,
+        delivered: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> ProcessedEvent:
+        """The delivery plan. `delivered`: destination → event id → the event row already
+        delivered under that id (the ledger); such a destination gets a suppressed delivery."""
         present = identifiers_present(event) if self._platforms else set()
         plans = []
         for dest_id, dest in self._destinations.items():
@@ -119,6 +132,11 @@ class Pipeline:
             encoder = self._encoders.get(dest_id)
             if encoder is not None:
                 self._encode(encoder, event, plan)
+            earlier = (delivered or {}).get(dest_id, {}).get(event.event_id)
+            if earlier is not None and plan.status != "dead":
+                plan.status = "suppressed"
+                plan.reason = (f"event id already delivered to {dest_id} with event "
+                               f"#{earlier} (delivery ledger); replay --force to send again")
             plans.append(plan)
         return self._result(record, event, "accepted", None, plans)
 
@@ -153,7 +171,13 @@ class Pipeline:
             received_at=record.received_at,
             body=event_encoder.encode(event),
             deliveries=plans,
+            explicit_id=event.explicit_event_id,
         )
+
+    def duplicate(self, record: InboxRecord, event: Event, found: Duplicate) -> ProcessedEvent:
+        result = self._result(record, event, "duplicate", found.reason, [])
+        result.duplicate_of = found.of.event_row
+        return result
 
 
 class Processor:
@@ -172,6 +196,7 @@ class Processor:
         self._task: asyncio.Task[None] | None = None
         self._busy_since_idle = False
         self._last_prune = 0.0
+        self._claims: dict[int, str] = {}  # inbox seq → the dedup key it claims
         store.on_inbox_append(self.wake)
 
     def wake(self) -> None:
@@ -199,17 +224,61 @@ class Processor:
             ]
             changes = IdentityChanges(nodes=list(graph.changed.values()),
                                       relabels=graph.relabels)
+        staged = await self._deduplicate(records, staged)
+        delivered = await self._ledger(staged)
         results = [
             item if isinstance(item, ProcessedEvent)
-            else self._guarded(r, self._pipeline.finish, r, item)
+            else self._guarded(r, self._pipeline.finish, r, item, delivered)
             for r, item in zip(records, staged, strict=True)
         ]
+        for r, result in zip(records, results, strict=True):
+            if result.status == "accepted":
+                result.dedup_key = self._claims.get(r.seq)
+        self._claims.clear()
         await self._store.commit_processed(results, CURSOR, records[-1].seq, changes,
                                            now=self._clock())
         self._position = records[-1].seq
         if self._on_processed is not None:
             self._on_processed()
         return len(records)
+
+    async def _deduplicate(
+        self, records: list[InboxRecord], staged: list[Event | ProcessedEvent]
+    ) -> list[Event | ProcessedEvent]:
+        """Events repeating an earlier one's business key (across sources, within the
+        window) become duplicates; the first claim of each key is remembered."""
+        policy = self._pipeline.dedup
+        keys = {r.seq: key for r, item in zip(records, staged, strict=True)
+                if isinstance(item, Event) and (key := dedup_key(item, policy)) is not None}
+        if not keys:
+            return staged
+        known = await self._store.dedup_seen(list(keys.values()))
+        first: dict[str, Seen] = {k: Seen(event_row=v[0], source=v[1], seen_at=v[2])
+                                  for k, v in known.items()}
+        result: list[Event | ProcessedEvent] = []
+        for record, item in zip(records, staged, strict=True):
+            key = keys.get(record.seq)
+            if key is None or not isinstance(item, Event):
+                result.append(item)
+                continue
+            found = check(key, record.received_at, first.get(key), policy)
+            if found is not None:
+                result.append(self._guarded(record, self._pipeline.duplicate, record, item,
+                                            found))
+                continue
+            first[key] = Seen(event_row=record.seq, source=record.source,
+                              seen_at=record.received_at)
+            self._claims[record.seq] = key
+            result.append(item)
+        return result
+
+    async def _ledger(self, staged: list[Event | ProcessedEvent]) -> dict[str, dict[str, int]]:
+        """Per live destination, which of these event ids it already accepted."""
+        event_ids = [item.event_id for item in staged if isinstance(item, Event)]
+        if not event_ids:
+            return {}
+        return {dest_id: found for dest_id in self._pipeline.sending_destinations
+                if (found := await self._store.delivered_event_ids(dest_id, event_ids))}
 
     @staticmethod
     def _guarded(
@@ -228,14 +297,21 @@ class Processor:
             )
 
     async def prune(self, now: float) -> int:
-        """Delete identity links past retention, in bounded chunks; returns how many."""
+        """Delete identity links past retention and dedup keys past their window, in bounded
+        chunks; returns how many identity links went."""
         before = now - self._pipeline.identity.retention_days * 86400
-        total = 0
-        while (n := await self._store.prune_identity(before, PRUNE_CHUNK)) > 0:
-            total += n
-            if n < PRUNE_CHUNK:
-                break
-        return total
+        dedup = self._pipeline.dedup
+        keys_before = now - max(dedup.order_window_secs, dedup.event_window_secs)
+        counts = []
+        for prune, cutoff in ((self._store.prune_identity, before),
+                              (self._store.prune_dedup, keys_before)):
+            total = 0
+            while (n := await prune(cutoff, PRUNE_CHUNK)) > 0:
+                total += n
+                if n < PRUNE_CHUNK:
+                    break
+            counts.append(total)
+        return counts[0]
 
     async def run_until_idle(self) -> int:
         """Process everything in the inbox now; returns the count (for tests and the CLI)."""

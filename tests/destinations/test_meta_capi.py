@@ -706,9 +706,10 @@ async def test_events_reach_meta_through_the_scheduler_and_one_bad_event_does_no
     }})
     client = await make_client(config)
     fake.fail_when_event_id("ord-3", subcode=2804019)
-    events = [{k: v for k, v in purchase(f"ord-{i}").items() if k != "timestamp"}
-              for i in range(1, 6)]
-    no_value = {k: v for k, v in purchase("ord-6").items() if k not in ("timestamp", "value")}
+    events = [{k: v for k, v in purchase(f"ord-{i}", order_id=str(i)).items()
+               if k != "timestamp"} for i in range(1, 6)]
+    no_value = {k: v for k, v in purchase("ord-6", order_id="6").items()
+                if k not in ("timestamp", "value")}
     batch = {"events": [*events, no_value]}
     assert (await client.post("/v1/events", json=batch, headers=auth())).status == 200
     assert await processor_of(client).run_until_idle() == 6

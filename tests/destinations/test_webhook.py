@@ -429,7 +429,8 @@ async def tracklayerd(aiohttp_client: Any, tmp_path: Path, endpoint: str,
 
 
 async def post_and_process(client: TestClient[Any, Any], *event_ids: str) -> None:
-    batch = {"events": [purchase(event_id) for event_id in event_ids]}
+    # Distinct orders: one order id would make them duplicates of one purchase.
+    batch = {"events": [purchase(event_id, order_id=event_id) for event_id in event_ids]}
     assert (await client.post("/v1/events", json=batch, headers=auth())).status == 200
     assert await processor_of(client).run_until_idle() == len(event_ids)
 

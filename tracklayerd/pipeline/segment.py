@@ -32,6 +32,10 @@ CLICK_ID_KEYS = {
     "li_fat_id": ("li_fat_id",), "msclkid": ("msclkid",),
 }
 MAX_FIELD = 1024
+# A consent manager has tens of categories; more is junk, and a cap keeps the stored event
+# (and every delivery that copies it) small.
+MAX_CONSENT_IDS = 100
+_NO_CONSENT = Consent(categories_stated=False)
 
 
 class UndecodableMessage(Exception):
@@ -213,13 +217,58 @@ def _client_side(context: dict[str, Any], channel: Any) -> bool:
 
 
 def _consent(context: dict[str, Any]) -> Consent | None:
-    consent = context.get("consent")
-    if not isinstance(consent, dict):
-        return None
+    """Consent as stated in any of the formats Segment-spec senders use (docs/consent.md).
+
+    None when nothing usable was sent: a malformed ``categoryPreferences`` is no statement,
+    so region policy decides, rather than a denial nobody made or a grant nobody gave.
+    """
+    consent = _obj(context.get("consent"))
+    management = _obj(context.get("consentManagement"))
+    location = _obj(context.get("location"))
     preferences = consent.get("categoryPreferences")
-    if not isinstance(preferences, dict):
-        return None
-    return Consent(categories={str(k): v for k, v in preferences.items() if isinstance(v, bool)})
+    stated = isinstance(preferences, dict)
+    strategy = (_text(management.get("resolutionStrategy"), 8) or "").lower()
+    parsed = Consent(
+        categories=({str(k): v for k, v in preferences.items() if isinstance(v, bool)}
+                    if isinstance(preferences, dict) else {}),
+        categories_stated=stated,
+        region=_text(consent.get("region"), 128),
+        provider=_text(management.get("provider"), 128),
+        allowed=_consent_ids(management.get("allowedConsentIds")),
+        denied=_consent_ids(management.get("deniedConsentIds")),
+        strategy="or" if strategy == "or" else "and" if strategy == "and" else None,
+        location_country=_text(location.get("country"), 128),
+        location_region=_text(location.get("region"), 128),
+        ad_storage=_signal(consent, "ad_storage", "adStorage"),
+        analytics_storage=_signal(consent, "analytics_storage", "analyticsStorage"),
+        ad_user_data=_signal(consent, "ad_user_data", "adUserData"),
+        ad_personalization=_signal(consent, "ad_personalization", "adPersonalization"),
+    )
+    return parsed if parsed != _NO_CONSENT else None
+
+
+def _signal(consent: dict[str, Any], *keys: str) -> bool | None:
+    """A Google consent-mode signal: gtag's "granted"/"denied", or a boolean."""
+    for key in keys:
+        value = consent.get(key)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("granted", "denied"):
+            return value.strip().lower() == "granted"
+    return None
+
+
+def _consent_ids(value: Any) -> list[str]:
+    # RudderStack's v1.1 JavaScript SDK sent allowedConsentIds as {id: category name}.
+    values = list(value) if isinstance(value, dict | list) else []
+    ids: list[str] = []
+    for item in values:
+        text = _text(item, 128)
+        if text and text not in ids:
+            ids.append(text)
+            if len(ids) == MAX_CONSENT_IDS:
+                break
+    return ids
 
 
 def _obj(value: Any) -> dict[str, Any]:

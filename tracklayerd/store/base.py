@@ -137,6 +137,25 @@ class ProcessedEvent(msgspec.Struct, kw_only=True):
     occurred_at: float | None = None
     body: bytes | None = None
     deliveries: list[DeliveryPlan] = []
+    # Business deduplication: the key this event claims (when it is the first within the
+    # window), or the event row it repeats (status "duplicate").
+    dedup_key: str | None = None
+    duplicate_of: int | None = None
+    explicit_id: bool = False  # the sender set the event id (pixel deduplication works)
+
+
+class Overlap(msgspec.Struct, frozen=True):
+    first_source: str
+    duplicate_source: str
+    event: str
+    count: int
+
+
+class ExplicitIdShare(msgspec.Struct, frozen=True):
+    source: str
+    event: str
+    accepted: int
+    explicit: int
 
 
 class IdentityNode(msgspec.Struct):
@@ -258,20 +277,43 @@ class Store(Protocol):
 
     async def requeue(
         self, destination: str, statuses: Sequence[str], since: float | None, now: float,
-        rebuild: bool = False, limit: int | None = None,
+        rebuild: bool = False, limit: int | None = None, force: bool = False,
     ) -> int:
         """Queue again (oldest first, at most `limit`) the deliveries of `destination` in
         `statuses` of events received since `since`; the retry horizon restarts. `rebuild`
         drops the stored payload so it is encoded again from the event with the current
-        config. Returns how many."""
+        config. Unless `force`, a delivery whose event id the destination already accepted
+        (the delivery ledger) is left alone. Returns how many."""
 
     async def count_deliveries(
-        self, destination: str, statuses: Sequence[str], since: float | None = None
+        self, destination: str, statuses: Sequence[str], since: float | None = None,
+        force: bool = False,
     ) -> int:
-        """Deliveries of `destination` in `statuses`, of events received since `since`."""
+        """How many deliveries requeue() with the same arguments would take."""
 
     async def delivery_records(self, event_row: int) -> list[DeliveryRecord]:
         """Every delivery of a stored event with its full attempt history (the trace)."""
+
+    # -- deduplication ----------------------------------------------------------------------
+
+    async def dedup_seen(self, keys: Sequence[str]) -> dict[str, tuple[int, str, float]]:
+        """The first claim of each known key: (event row, source, received at)."""
+
+    async def delivered_event_ids(
+        self, destination: str, event_ids: Sequence[str]
+    ) -> dict[str, int]:
+        """Of these event ids, those already delivered to `destination` (→ its event row):
+        the delivery ledger."""
+
+    async def prune_dedup(self, before: float, limit: int) -> int:
+        """Delete up to `limit` dedup keys first seen before `before`; how many went."""
+
+    async def dedup_overlaps(self, since: float = 0.0) -> list[Overlap]:
+        """Duplicates per (first source, repeating source, canonical event), since `since`."""
+
+    async def explicit_id_share(self, since: float = 0.0) -> list[ExplicitIdShare]:
+        """Per source and canonical event: accepted events, and how many had an explicit
+        event id (what pixel deduplication needs)."""
 
     async def inbox_record(self, seq: int) -> InboxRecord | None: ...
     async def stored_event(self, event_row: int) -> StoredEvent | None: ...

@@ -117,6 +117,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX attempts_delivery ON attempts (delivery);
     """,
+    # 5: business deduplication across sources, and pixel-dedup readiness per event.
+    """
+    CREATE TABLE dedup_keys (
+        key TEXT PRIMARY KEY,                  -- canonical name, "order" or "event", value
+        event_row INTEGER NOT NULL,            -- the first event that claimed it
+        source TEXT NOT NULL,
+        seen_at REAL NOT NULL                  -- when that event was received
+    ) WITHOUT ROWID;
+    CREATE INDEX dedup_keys_seen_at ON dedup_keys (seen_at);
+    ALTER TABLE events ADD COLUMN duplicate_of INTEGER;  -- the event row this one repeats
+    ALTER TABLE events ADD COLUMN explicit_id INTEGER;   -- 1: the sender set the event id
+    CREATE INDEX events_duplicate_of ON events (duplicate_of) WHERE duplicate_of IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -38,12 +38,14 @@ from tracklayerd.store.base import (
     DeliveryRecord,
     DeliveryUpdate,
     Exchange,
+    ExplicitIdShare,
     ForgetReport,
     IdentityChanges,
     IdentityNode,
     InboxRecord,
     InboxRow,
     LeasedDelivery,
+    Overlap,
     ProcessedEvent,
     QualitySummary,
     StoredEvent,
@@ -285,9 +287,11 @@ class SQLiteStore:
         # processed twice (crash between commit and cursor) changes nothing the second time.
         event_rows = [
             (ev.inbox_seq, ev.source, ev.event_id, ev.name, ev.status, ev.reason,
-             ev.occurred_at, ev.received_at, ev.body)
+             ev.occurred_at, ev.received_at, ev.body, ev.duplicate_of, int(ev.explicit_id))
             for ev in events
         ]
+        key_rows = [(ev.dedup_key, ev.inbox_seq, ev.source, ev.received_at)
+                    for ev in events if ev.dedup_key is not None]
         delivery_rows = [
             (ev.inbox_seq, d.destination, d.status, now, d.reason, now, d.match_quality,
              " ".join(d.match_missing) or None, d.payload, "\n".join(d.warnings) or None,
@@ -302,9 +306,16 @@ class SQLiteStore:
         def job(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 "INSERT OR IGNORE INTO events (id, source, event_id, name, status,"
-                " reason, occurred_at, received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " reason, occurred_at, received_at, body, duplicate_of, explicit_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 event_rows,
             )
+            if key_rows:
+                # Only first claims (or claims after the window) reach here.
+                conn.executemany(
+                    "INSERT INTO dedup_keys (key, event_row, source, seen_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET event_row = excluded.event_row,"
+                    " source = excluded.source, seen_at = excluded.seen_at", key_rows)
             if delivery_rows:
                 conn.executemany(
                     "INSERT OR IGNORE INTO deliveries (event_row, destination, status,"
@@ -589,33 +600,83 @@ class SQLiteStore:
 
     async def requeue(
         self, destination: str, statuses: Sequence[str], since: float | None, now: float,
-        rebuild: bool = False, limit: int | None = None,
+        rebuild: bool = False, limit: int | None = None, force: bool = False,
     ) -> int:
-        marks = ",".join("?" * len(statuses))
         payload = "NULL" if rebuild else "payload"
+        where, params = _requeue_filter(destination, statuses, since, force)
 
         def job(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 f"UPDATE deliveries SET status = 'pending', payload = {payload},"
-                " next_attempt_at = ?1, created_at = ?1, updated_at = ?1, finished_at = NULL,"
+                " next_attempt_at = ?, created_at = ?, updated_at = ?, finished_at = NULL,"
                 " lease_until = NULL WHERE id IN (SELECT d.id FROM deliveries d"
-                " JOIN events e ON e.id = d.event_row WHERE d.destination = ?2"
-                f" AND d.status IN ({marks}) AND e.received_at >= ?3 ORDER BY d.id LIMIT ?4)",
-                (now, destination, since or 0.0, -1 if limit is None else limit, *statuses),
+                f" JOIN events e ON e.id = d.event_row WHERE {where} ORDER BY d.id LIMIT ?)",
+                (now, now, now, *params, -1 if limit is None else limit),
             ).rowcount
 
         count: int = await self.writer.run(job, rows=limit or 1)
         return count
 
     async def count_deliveries(
-        self, destination: str, statuses: Sequence[str], since: float | None = None
+        self, destination: str, statuses: Sequence[str], since: float | None = None,
+        force: bool = False,
     ) -> int:
-        marks = ",".join("?" * len(statuses))
+        where, params = _requeue_filter(destination, statuses, since, force)
         rows = await self._fetchall(
-            "SELECT count(*) FROM deliveries d JOIN events e ON e.id = d.event_row"
-            f" WHERE d.destination = ? AND d.status IN ({marks}) AND e.received_at >= ?",
-            (destination, *statuses, since or 0.0))
+            f"SELECT count(*) FROM deliveries d JOIN events e ON e.id = d.event_row WHERE {where}",
+            params)
         return int(rows[0][0])
+
+    # -- deduplication ----------------------------------------------------------------------
+
+    async def dedup_seen(self, keys: Sequence[str]) -> dict[str, tuple[int, str, float]]:
+        found: dict[str, tuple[int, str, float]] = {}
+        for chunk in _chunks(list(dict.fromkeys(keys)), 800):
+            marks = ",".join("?" * len(chunk))
+            for key, row, source, seen_at in await self._fetchall(
+                f"SELECT key, event_row, source, seen_at FROM dedup_keys WHERE key IN ({marks})",
+                chunk,
+            ):
+                found[key] = (int(row), source, float(seen_at))
+        return found
+
+    async def delivered_event_ids(
+        self, destination: str, event_ids: Sequence[str]
+    ) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in _chunks(list(dict.fromkeys(event_ids)), 800):
+            marks = ",".join("?" * len(chunk))
+            for event_id, row in await self._fetchall(
+                "SELECT e.event_id, min(e.id) FROM events e JOIN deliveries d"
+                " ON d.event_row = e.id AND d.destination = ? AND d.status = 'delivered'"
+                f" WHERE e.event_id IN ({marks}) GROUP BY e.event_id", (destination, *chunk),
+            ):
+                found[event_id] = int(row)
+        return found
+
+    async def prune_dedup(self, before: float, limit: int) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM dedup_keys WHERE key IN (SELECT key FROM dedup_keys"
+                " WHERE seen_at < ? LIMIT ?)", (before, limit)).rowcount
+
+        deleted: int = await self.writer.run(job, rows=limit)
+        return deleted
+
+    async def dedup_overlaps(self, since: float = 0.0) -> list[Overlap]:
+        rows = await self._fetchall(
+            "SELECT f.source, e.source, e.name, count(*) FROM events e"
+            " JOIN events f ON f.id = e.duplicate_of"
+            " WHERE e.duplicate_of IS NOT NULL AND e.received_at >= ?"
+            " GROUP BY f.source, e.source, e.name ORDER BY count(*) DESC", (since,))
+        return [Overlap(r[0], r[1], r[2], int(r[3])) for r in rows]
+
+    async def explicit_id_share(self, since: float = 0.0) -> list[ExplicitIdShare]:
+        rows = await self._fetchall(
+            "SELECT source, name, count(*), coalesce(sum(explicit_id), 0) FROM events"
+            " WHERE status = 'accepted' AND received_at >= ? GROUP BY source, name"
+            " ORDER BY source, name", (since,))
+        return [ExplicitIdShare(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
     async def delivery_records(self, event_row: int) -> list[DeliveryRecord]:
         records = [
@@ -668,6 +729,19 @@ class SQLiteStore:
                 return list(await cursor.fetchall())
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"read failed: {exc}") from exc
+
+
+def _requeue_filter(
+    destination: str, statuses: Sequence[str], since: float | None, force: bool
+) -> tuple[str, list[Any]]:
+    marks = ",".join("?" * len(statuses))
+    where = (f"d.destination = ? AND d.status IN ({marks}) AND e.received_at >= ?")
+    if not force:
+        # The delivery ledger: what the platform accepted once is never sent again.
+        where += (" AND d.status != 'delivered' AND NOT EXISTS (SELECT 1 FROM events e2"
+                  " JOIN deliveries d2 ON d2.event_row = e2.id AND d2.destination ="
+                  " d.destination AND d2.status = 'delivered' WHERE e2.event_id = e.event_id)")
+    return where, [destination, *statuses, since or 0.0]
 
 
 def _chunks(items: Sequence[T], size: int) -> list[list[T]]:
