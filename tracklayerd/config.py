@@ -199,7 +199,7 @@ class ConsentConfig(_Strict):
     # subdivisions ("CA-QC"), and "EEA" / "EU" for those groups of countries.
     opt_in_regions: list[str] = msgspec.field(default_factory=lambda: ["EEA", "GB", "CH"])
     # Whether an event from an unknown place is treated as from an opt-in region.
-    unknown_region: Literal["opt_in", "opt_out"] = "opt_in"
+    unknown_region: Literal["opt_in", "opt_out"] = "opt_out"
     # Categories every ad-platform destination requires when it sets no `consent` itself.
     ad_categories: list[str] = []
     # US states (2-letter codes) whose users get the platforms' limited-data-use flags.

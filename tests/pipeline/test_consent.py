@@ -200,8 +200,7 @@ def region_expected(region: str, rules: DestinationConsent) -> tuple[str, str]:
     denied = "limited" if rules.on_denied == "limited" else "suppressed"
     if region in OPT_IN:
         return (denied, "no_consent_opt_in_region")
-    if region in UNKNOWN:  # [consent] unknown_region defaults to "opt_in"
-        return (denied, "no_consent_unknown_region")
+    # An unknown region counts as elsewhere ([consent] unknown_region defaults to "opt_out").
     return ("allowed", "no_consent_default_allow")
 
 
@@ -489,7 +488,8 @@ def test_rules_from_config_inherit_ad_categories_for_ad_platforms_only() -> None
                       "hook": HOOK}))
     assert policy == ConsentPolicy(unknown_region="opt_out", ldu_states=frozenset({"CA"}))
     assert rules == {
-        "meta": DestinationConsent(categories=("marketing",), platform="meta"),
+        "meta": DestinationConsent(categories=("marketing",), platform="meta",
+                                   region_gated=True),
         "meta_open": DestinationConsent(platform="meta"),
         "meta_own": DestinationConsent(categories=("c0004", "c0002"), on_denied="limited",
                                        platform="meta"),
@@ -692,3 +692,35 @@ def test_decide_never_raises_on_arbitrary_consent(
             decision = decide(event, "dest", rules, policy)
             assert decision.outcome in ("allowed", "limited", "suppressed")
             assert decision.rule and decision.reason
+
+
+REGION_GATED = DestinationConsent(platform="meta", region_gated=True)
+
+
+@pytest.mark.parametrize(("format_name", "region", "expected"), [
+    # An ad destination left at its defaults: no consent statement at all is denied where an
+    # opt-in is the law, and allowed elsewhere (and where the region is unknown).
+    ("segment_missing", "FR", no("no_consent_opt_in_region")),
+    ("segment_missing", "GB", no("no_consent_opt_in_region")),
+    ("segment_missing", "CH", no("no_consent_opt_in_region")),
+    ("segment_missing", "US", ("allowed", "no_consent_default_allow")),
+    ("segment_missing", "unknown", ("allowed", "no_consent_default_allow")),
+    ("native_missing", "DE", no("no_consent_opt_in_region")),
+    # Any statement is enough when the destination names no category...
+    ("segment_granted", "FR", ("allowed", "consent_stated")),
+    ("segment_denied", "FR", ("allowed", "consent_stated")),
+    ("rudderstack_allowed", "FR", ("allowed", "consent_stated")),
+    # ...except that advertising storage denied denies an ad platform.
+    ("google_ad_storage_denied", "US", no("google_ad_storage_denied")),
+])
+def test_an_ad_destination_at_its_defaults_is_gated_by_region(
+    format_name: str, region: str, expected: tuple[str, str]
+) -> None:
+    decision = decide(event_for(format_name, region), "meta", REGION_GATED, POLICY)
+    assert (decision.outcome, decision.rule) == expected
+
+
+def test_unknown_region_opt_in_denies_a_default_ad_destination_without_consent() -> None:
+    policy = ConsentPolicy(unknown_region="opt_in")
+    decision = decide(event_for("segment_missing", "unknown"), "meta", REGION_GATED, policy)
+    assert (decision.outcome, decision.rule) == no("no_consent_unknown_region")

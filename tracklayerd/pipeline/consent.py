@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -83,7 +83,7 @@ class ConsentPolicy:
     """The global part of the rules ([consent]), resolved once."""
 
     opt_in_regions: frozenset[str] = DEFAULT_OPT_IN_REGIONS
-    unknown_region: Literal["opt_in", "opt_out"] = "opt_in"
+    unknown_region: Literal["opt_in", "opt_out"] = "opt_out"
     ldu_states: frozenset[str] = frozenset()
 
     @classmethod
@@ -106,6 +106,10 @@ class DestinationConsent:
     categories: tuple[str, ...] = ()
     on_denied: Literal["suppress", "limited"] = "suppress"
     platform: str | None = None
+    # An ad destination that names no category ([destinations.x] consent unset and no
+    # [consent] ad_categories) is still gated by region: an event stating no consent at all
+    # is denied in opt-in regions. `consent = []` turns even that off.
+    region_gated: bool = False
 
     @classmethod
     def from_config(
@@ -115,7 +119,8 @@ class DestinationConsent:
         if required is None:
             required = consent.ad_categories if platform is not None else []
         return cls(categories=_unique(required), on_denied=destination.consent_denied,
-                   platform=platform)
+                   platform=platform,
+                   region_gated=destination.consent is None and platform is not None)
 
 
 def consent_rules(config: Config) -> tuple[ConsentPolicy, dict[str, DestinationConsent]]:
@@ -286,10 +291,19 @@ def _decide(
     if rules.platform == "google" and consent.ad_user_data is False:
         return deny("google_ad_user_data_denied",
                     "Google consent mode ad_user_data is denied")
-    # 2. Not consent-gated.
+    # 2. No category required: not consent-gated, except that an ad destination left at its
+    # defaults still needs some consent statement where the law wants an opt-in.
     required = rules.categories
     if not required:
-        return allow("not_required", f"{destination_id} requires no consent category")
+        if not rules.region_gated:
+            return allow("not_required", f"{destination_id} requires no consent category")
+        if consent.ad_storage is False:
+            return deny("google_ad_storage_denied",
+                        "Google consent mode ad_storage is denied, read as advertising denied")
+        if _stated(consent):
+            return allow("consent_stated", f"consent is stated and {destination_id} names no "
+                                           "category")
+        return _by_region(region, policy, allow, deny, "no consent stated")
     # 3. An ad platform is advertising: a denied ad_storage denies it.
     if rules.platform is not None and consent.ad_storage is False:
         return deny("google_ad_storage_denied",
@@ -305,19 +319,31 @@ def _decide(
         return allow("categories_granted", f"consent grants {names}")
     # 5. Nothing stated about some category: the region decides.
     silent = ", ".join(s.category for s in statuses if s.verdict == "silent")
+    return _by_region(region, policy, allow, deny, f"no consent stated for {silent}")
+
+
+def _by_region(
+    region: Region | None, policy: ConsentPolicy,
+    allow: Callable[[str, str], ConsentDecision], deny: Callable[[str, str], ConsentDecision],
+    what: str,
+) -> ConsentDecision:
     if region is None:
         if policy.unknown_region == "opt_in":
             return deny("no_consent_unknown_region",
-                        f"no consent stated for {silent} and the region is unknown "
+                        f"{what} and the region is unknown "
                         "([consent] unknown_region = \"opt_in\")")
         return allow("no_consent_default_allow",
-                     f"no consent stated for {silent}; the region is unknown and "
+                     f"{what}; the region is unknown and "
                      "[consent] unknown_region = \"opt_out\" allows")
     if _opt_in(region, policy):
-        return deny("no_consent_opt_in_region",
-                    f"no consent stated for {silent} in an opt-in region")
-    return allow("no_consent_default_allow",
-                 f"no consent stated for {silent}, allowed outside opt-in regions")
+        return deny("no_consent_opt_in_region", f"{what} in an opt-in region")
+    return allow("no_consent_default_allow", f"{what}, allowed outside opt-in regions")
+
+
+def _stated(consent: Consent) -> bool:
+    """Whether the sender said anything about consent (a location alone says nothing)."""
+    return (consent.categories_stated or bool(consent.allowed) or bool(consent.denied)
+            or any(getattr(consent, signal) is not None for signal in GOOGLE_SIGNALS))
 
 
 def _statuses(consent: Consent, required: tuple[str, ...]) -> list[_Status]:
