@@ -66,7 +66,7 @@ class Toy:
         self._http = HttpClient(concurrency=config.concurrency,
                                 timeout_secs=config.timeout_secs, user_agent="test")
 
-    def encode(self, event: Event) -> Encoded:
+    def encode(self, event: Event, consent: Any = None) -> Encoded:
         if event.properties.get("unsendable"):
             return Encoded(rejected="toy refuses unsendable events")
         return Encoded(payload=msgspec.json.encode({"id": event.event_id}))

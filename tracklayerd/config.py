@@ -213,6 +213,9 @@ class DestinationConfig(_Strict):
     mode: Literal["live", "observe", "off"] = "live"
     # Overrides the platform URL (tests, proxies, regional endpoints).
     endpoint: str | None = None
+    # Canonical events this destination gets (e.g. ["purchase", "lead"]); empty: all. An
+    # event not listed gets no delivery (refunds to a platform without refunds: leave it out).
+    events: list[str] = []
     # Requests in flight at once to this destination (also its connection pool size).
     concurrency: int = 2
     # Events per request; unset: the platform's maximum. Lower it to keep requests small.

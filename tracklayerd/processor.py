@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import msgspec
+
 from tracklayerd import memory
 from tracklayerd.config import Config, IdentityConfig
 from tracklayerd.destinations.base import Destination, Encoded
@@ -23,6 +25,7 @@ from tracklayerd.errors import StoreUnavailable
 from tracklayerd.events import Event, event_encoder
 from tracklayerd.pipeline import contracts
 from tracklayerd.pipeline.click_ids import extract_click_ids
+from tracklayerd.pipeline.consent import ConsentDecision, consent_rules, decide_all, limited
 from tracklayerd.pipeline.decode import Undecodable, decode
 from tracklayerd.pipeline.dedup import DedupPolicy, Duplicate, Seen, check, dedup_key
 from tracklayerd.pipeline.identity import Graph, keys_of, stitch
@@ -37,6 +40,7 @@ from tracklayerd.store.base import (
 )
 
 log = logging.getLogger("tracklayerd.processor")
+consent_encoder = msgspec.json.Encoder()
 
 CURSOR = "processor"
 SLICE = 500
@@ -70,6 +74,7 @@ class Pipeline:
         }
         self._identity = config.identity
         self.dedup = DedupPolicy()
+        self._consent_policy, self._consent_rules = consent_rules(config)
         # Destinations whose platform has a match-quality model (pipeline/quality.py).
         self._platforms = {
             dest_id: platform for dest_id, dest in config.destinations.items()
@@ -117,21 +122,37 @@ class Pipeline:
     ) -> ProcessedEvent:
         """The delivery plan. `delivered`: destination → event id → the event row already
         delivered under that id (the ledger); such a destination gets a suppressed delivery."""
-        present = identifiers_present(event) if self._platforms else set()
+        wanted = {dest_id: dest for dest_id, dest in self._destinations.items()
+                  if dest.mode != "off" and (not dest.events or event.event in dest.events)}
+        decisions = decide_all(event, {d: self._consent_rules[d] for d in wanted},
+                               self._consent_policy)
+        # The event without personal data, for destinations whose consent says "limited".
+        stripped: Event | None = None
+        present: dict[int, set[str]] = {}
         plans = []
-        for dest_id, dest in self._destinations.items():
-            if dest.mode == "off":
-                continue
+        for dest_id, dest in wanted.items():
+            decision = decisions[dest_id]
             plan = DeliveryPlan(destination=dest_id,
-                                status="observed" if dest.mode == "observe" else "pending")
+                                status="observed" if dest.mode == "observe" else "pending",
+                                consent=consent_encoder.encode(decision))
+            target = event
+            if decision.outcome == "limited":
+                stripped = stripped or limited(event)
+                target = stripped
             platform = self._platforms.get(dest_id)
             if platform is not None:
-                quality = score(present, platform)
+                kinds = present.setdefault(id(target), identifiers_present(target))
+                quality = score(kinds, platform)
                 plan.match_quality = quality.score
                 plan.match_missing = [missing.kind for missing in quality.missing]
+            if decision.outcome == "suppressed":
+                plan.status = "suppressed"
+                plan.reason = f"consent: {decision.reason} [{decision.rule}]"
+                plans.append(plan)
+                continue
             encoder = self._encoders.get(dest_id)
-            if encoder is not None:
-                self._encode(encoder, event, plan)
+            if encoder is not None and not self._encode(encoder, target, decision, plan):
+                continue  # the platform takes no such event: no delivery at all
             earlier = (delivered or {}).get(dest_id, {}).get(event.event_id)
             if earlier is not None and plan.status != "dead":
                 plan.status = "suppressed"
@@ -141,19 +162,25 @@ class Pipeline:
         return self._result(record, event, "accepted", None, plans)
 
     @staticmethod
-    def _encode(destination: Destination, event: Event, plan: DeliveryPlan) -> None:
-        """Build the payload once, now: what is stored is what is sent, retried and traced."""
+    def _encode(
+        destination: Destination, event: Event, decision: ConsentDecision, plan: DeliveryPlan
+    ) -> bool:
+        """Build the payload once, now: what is stored is what is sent, retried and traced.
+        False when the destination takes no such event (no delivery is made)."""
         try:
-            encoded = destination.encode(event)
+            encoded = destination.encode(event, decision)
         except Exception as exc:  # one destination's bug must not cost the others the event
             log.exception("destination %s failed to encode an event", destination.id)
             encoded = Encoded(rejected=f"internal error encoding the event: "
                                        f"{type(exc).__name__}")
+        if encoded.skipped is not None and encoded.payload is None:
+            return False
         plan.payload = encoded.payload
         plan.warnings = encoded.warnings
         if encoded.payload is None:
             plan.status = "dead"
             plan.reason = f"rejected before sending: {encoded.rejected or 'cannot be encoded'}"
+        return True
 
     @staticmethod
     def _result(

@@ -183,7 +183,6 @@ def test_every_builtin_name_is_metas_except_the_documented_custom_refund() -> No
      "website events need event_source_url (context.page_url)"),
     ({"context": {"ip": "203.0.113.7"}}, "website events need client_user_agent "
      "(context.user_agent) and event_source_url (context.page_url)"),
-    ({"type": "identify", "event": "identify"}, "identify messages are not conversions"),
 ])
 def test_encode_refuses_what_meta_would_refuse_for_the_whole_batch(
     fields: dict[str, Any], reason: str
@@ -214,9 +213,16 @@ def test_non_website_events_need_no_user_agent_or_url() -> None:
     assert set(body["user_data"]) == {"em", "ph"}
 
 
+def test_identify_is_skipped_not_rejected() -> None:
+    # No delivery at all (not a dead letter): Meta has no event for an identify.
+    encoded = meta().encode(native(type="identify", event="identify"))
+    assert encoded.payload is None and encoded.rejected is None
+    assert encoded.skipped == "identify messages are not conversions: Meta has no event for them"
+
+
 def test_unmapped_events_are_skipped_when_send_unmapped_is_false() -> None:
     destination = meta(send_unmapped=False)
-    assert destination.encode(native(event="remove_from_cart")).rejected == (
+    assert destination.encode(native(event="remove_from_cart")).skipped == (
         "no Meta event name for 'remove_from_cart' (add it to event_names, or set "
         "send_unmapped = true)")
     assert destination.encode(native(event="lead")).rejected is None

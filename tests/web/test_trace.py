@@ -117,7 +117,8 @@ async def test_meta_payload_keeps_hashes_and_hides_the_client_ip(
     meta = {"type": "meta_capi", "mode": "observe", "pixel_id": "123",
             "access_token": "meta-token-secret"}
     client = await make_client(make_config(tmp_path, destinations={"meta": meta}))
-    await post(client, personal_purchase())
+    # A UK customer: Meta (an ad platform) needs a consent statement there.
+    await post(client, {**personal_purchase(), "consent": {"categories": {"marketing": True}}})
 
     doc, text = await traced(client, "/-/events/1")
 

@@ -24,6 +24,7 @@ import msgspec
 from tracklayerd.config import DestinationConfig
 from tracklayerd.errors import DestinationError
 from tracklayerd.events import Event
+from tracklayerd.pipeline.consent import ConsentDecision
 
 RESPONSE_CHARS = 65_536  # platform answers are kept verbatim up to this length (per-event results)
 
@@ -86,6 +87,9 @@ class Encoded(msgspec.Struct, kw_only=True):
 
     payload: bytes | None = None  # one element of the platform's batch (JSON)
     rejected: str | None = None  # set: the platform would refuse it; it is never sent
+    # Set: the platform takes no such event (an identify for an ad platform): no delivery
+    # is created at all, so such events never pile up as dead letters.
+    skipped: str | None = None
     warnings: list[str] = []  # sent anyway, but worth a look (dropped identifiers, ...)
 
 
@@ -103,8 +107,10 @@ class Destination(Protocol):
     config: DestinationConfig
     limits: Limits
 
-    def encode(self, event: Event) -> Encoded:
-        """Pure: the event as one element of this platform's batch."""
+    def encode(self, event: Event, consent: ConsentDecision | None = None) -> Encoded:
+        """Pure: the event as one element of this platform's batch. `consent` is the consent
+        decision for this destination (limited data use, Google's signals); None: none made
+        (preview of a bare event, tests)."""
 
     def build_request(self, payloads: Sequence[bytes]) -> Request:
         """Pure: the request carrying these encoded events (at most limits.max_events)."""
@@ -128,9 +134,9 @@ def build_payload(destination: Destination, events: Sequence[Event]) -> tuple[Re
     payloads: list[bytes] = []
     problems: list[str] = []
     for event in events:
-        encoded = destination.encode(event)
+        encoded = destination.encode(event, None)
         if encoded.payload is None:
-            problems.append(encoded.rejected or "cannot be encoded")
+            problems.append(encoded.rejected or encoded.skipped or "cannot be encoded")
         else:
             payloads.append(encoded.payload)
     return destination.build_request(payloads), problems

@@ -34,6 +34,7 @@ from tracklayerd.destinations.base import (
 from tracklayerd.destinations.meta_errors import outcome_for_error, parse_error
 from tracklayerd.errors import DestinationError
 from tracklayerd.events import Event
+from tracklayerd.pipeline.consent import ConsentDecision
 from tracklayerd.pipeline.contracts import ISO_4217
 from tracklayerd.pipeline.normalize import (
     Hints,
@@ -145,16 +146,16 @@ class MetaCapi:
 
     # --- encode (pure) ---------------------------------------------------------------------
 
-    def encode(self, event: Event) -> Encoded:
+    def encode(self, event: Event, consent: ConsentDecision | None = None) -> Encoded:
         if event.message_type in NOT_CONVERSIONS:
-            return Encoded(rejected=f"{event.message_type} messages are not conversions: "
-                                    "Meta has no event for them")
+            return Encoded(skipped=f"{event.message_type} messages are not conversions: "
+                                   "Meta has no event for them")
         warnings: list[str] = []
         name = self._names.get(event.event)
         if name is None:
             if not self._config.send_unmapped:
-                return Encoded(rejected=f"no Meta event name for {event.event!r} "
-                                        "(add it to event_names, or set send_unmapped = true)")
+                return Encoded(skipped=f"no Meta event name for {event.event!r} "
+                                       "(add it to event_names, or set send_unmapped = true)")
             name = event.event
         if name not in STANDARD_EVENTS:
             warnings.append(f"{name!r} is a custom event to Meta (not a standard event)")
@@ -201,7 +202,7 @@ class MetaCapi:
         server_event["user_data"] = user_data
         if custom_data:
             server_event["custom_data"] = custom_data
-        server_event.update(self._data_processing_options(event))
+        server_event.update(self._data_processing_options(event, consent))
         return Encoded(payload=msgspec.json.encode(server_event), warnings=warnings)
 
     def _user_data(self, event: Event, warnings: list[str]) -> dict[str, Any]:
@@ -267,13 +268,17 @@ class MetaCapi:
             data["num_items"] = num_items
         return data
 
-    def _data_processing_options(self, event: Event) -> dict[str, Any]:
-        if not self._ldu_states:
-            return {}
-        state = _us_state(event)
-        if state is None or state not in self._ldu_states:
-            return {}
-        code = LDU_STATE_CODES.get(state)
+    def _data_processing_options(
+        self, event: Event, consent: ConsentDecision | None
+    ) -> dict[str, Any]:
+        if consent is not None and consent.ldu:
+            # [consent] ldu_states decided; no state known: Meta geolocates (0, 0).
+            state = consent.ldu_state
+        else:
+            state = _us_state(event)
+            if state is None or state not in self._ldu_states:
+                return {}
+        code = None if state is None else LDU_STATE_CODES.get(state)
         # A country without a state is not allowed; with no code for the state, both 0 lets
         # Meta geolocate the user and apply LDU where the law does.
         return {"data_processing_options": ["LDU"],

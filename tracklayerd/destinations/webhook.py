@@ -37,6 +37,7 @@ from tracklayerd.destinations.base import (
 )
 from tracklayerd.errors import DestinationError
 from tracklayerd.events import Event, event_encoder
+from tracklayerd.pipeline.consent import ConsentDecision
 from tracklayerd.secrets import Secret
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class Webhook:
         self._http = HttpClient(concurrency=config.concurrency, timeout_secs=config.timeout_secs,
                                 user_agent=environment.user_agent)
 
-    def encode(self, event: Event) -> Encoded:
+    def encode(self, event: Event, consent: ConsentDecision | None = None) -> Encoded:
         # Sent as stored, personal data included: the receiver is the operator's own system.
         return Encoded(payload=event_encoder.encode(event))
 

@@ -37,6 +37,8 @@ class DeliveryPlan(msgspec.Struct):
     # The event as the platform takes it (destinations/base.py Encoded.payload).
     payload: bytes | None = None
     warnings: list[str] = []
+    # The consent decision for this destination (pipeline/consent.py ConsentDecision, JSON).
+    consent: bytes | None = None
 
 
 QUEUED = ("pending", "retrying", "in_flight")
@@ -109,6 +111,7 @@ class DeliveryRecord(msgspec.Struct, kw_only=True):
     payload: bytes | None
     warnings: list[str]
     history: list[AttemptRecord] = []
+    consent: bytes | None = None  # the consent decision (JSON)
 
 
 class QualitySummary(msgspec.Struct):

@@ -130,6 +130,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE events ADD COLUMN explicit_id INTEGER;   -- 1: the sender set the event id
     CREATE INDEX events_duplicate_of ON events (duplicate_of) WHERE duplicate_of IS NOT NULL;
     """,
+    # 6: the consent decision behind each delivery (outcome, rule, reason, region; JSON).
+    """
+    ALTER TABLE deliveries ADD COLUMN consent TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -295,7 +295,8 @@ class SQLiteStore:
         delivery_rows = [
             (ev.inbox_seq, d.destination, d.status, now, d.reason, now, d.match_quality,
              " ".join(d.match_missing) or None, d.payload, "\n".join(d.warnings) or None,
-             now, ev.occurred_at, None if d.status in QUEUED else now)
+             now, ev.occurred_at, None if d.status in QUEUED else now,
+             None if d.consent is None else d.consent.decode())
             for ev in events for d in ev.deliveries
         ]
         node_rows = [] if identity is None else [
@@ -320,8 +321,8 @@ class SQLiteStore:
                 conn.executemany(
                     "INSERT OR IGNORE INTO deliveries (event_row, destination, status,"
                     " next_attempt_at, last_reason, updated_at, match_quality, match_missing,"
-                    " payload, warnings, created_at, occurred_at, finished_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " payload, warnings, created_at, occurred_at, finished_at, consent)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     delivery_rows,
                 )
             if identity is not None:
@@ -687,11 +688,12 @@ class SQLiteStore:
                 reason=r[5], created_at=r[6], finished_at=r[7], match_quality=r[8],
                 match_missing=(r[9] or "").split(), payload=None if r[10] is None
                 else bytes(r[10]), warnings=[w for w in (r[11] or "").split("\n") if w],
+                consent=None if r[12] is None else r[12].encode(),
             )
             for r in await self._fetchall(
                 "SELECT id, destination, status, attempts, next_attempt_at, last_reason,"
-                " created_at, finished_at, match_quality, match_missing, payload, warnings"
-                " FROM deliveries WHERE event_row = ? ORDER BY destination", (event_row,))
+                " created_at, finished_at, match_quality, match_missing, payload, warnings,"
+                " consent FROM deliveries WHERE event_row = ? ORDER BY destination", (event_row,))
         ]
         for record in records:
             record.history = [
