@@ -21,7 +21,7 @@ def struct_fields(struct: type[msgspec.Struct]) -> set[str]:
 
 def config_option_names() -> set[str]:
     names: set[str] = set()
-    for section in ("server", "storage", "pipeline", "identity", "consent"):
+    for section in ("server", "storage", "pipeline", "identity", "consent", "dedup"):
         field = next(f for f in msgspec.structs.fields(Config) if f.name == section)
         names |= struct_fields(field.type)
     for source_type in SOURCE_TYPES.values():

@@ -192,6 +192,17 @@ class IdentityConfig(_Strict):
         return min(days if days is not None else self.lookback_days, self.lookback_days) * 86400
 
 
+class DedupConfig(_Strict):
+    """Business deduplication across sources (docs/dedup.md)."""
+
+    enabled: bool = True
+    # Canonical events deduplicated by order id; every other event by its event id.
+    order_events: list[str] = msgspec.field(default_factory=lambda: ["purchase", "refund"])
+    # How long a repeat counts as a duplicate: orders, and everything else.
+    order_window_secs: float = 7 * 86400.0
+    event_window_secs: float = 48 * 3600.0
+
+
 class ConsentConfig(_Strict):
     """Region policy for consent-gated destinations (docs/consent.md)."""
 
@@ -250,6 +261,7 @@ class Config(_Strict):
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     identity: IdentityConfig = msgspec.field(default_factory=IdentityConfig)
     consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
+    dedup: DedupConfig = msgspec.field(default_factory=DedupConfig)
     # True only for the built-in dev mirror used when no config is given.
     embedded_default: bool = False
 
@@ -383,6 +395,8 @@ def _check_values(config: Config) -> None:
         positive[f"sources.{sid}.max_event_bytes"] = src.max_event_bytes
         positive[f"sources.{sid}.max_request_bytes"] = src.max_request_bytes
         positive[f"sources.{sid}.max_batch_events"] = src.max_batch_events
+    positive["dedup.order_window_secs"] = config.dedup.order_window_secs
+    positive["dedup.event_window_secs"] = config.dedup.event_window_secs
     for did, dest in config.destinations.items():
         if dest.batch_linger_secs < 0:
             raise ConfigError(f"destinations.{did}.batch_linger_secs: must be 0 or more")

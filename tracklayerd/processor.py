@@ -73,7 +73,10 @@ class Pipeline:
             for sid, src in config.sources.items() if src.allow
         }
         self._identity = config.identity
-        self.dedup = DedupPolicy()
+        self.dedup = DedupPolicy(
+            enabled=config.dedup.enabled, order_events=frozenset(config.dedup.order_events),
+            order_window_secs=config.dedup.order_window_secs,
+            event_window_secs=config.dedup.event_window_secs)
         self._consent_policy, self._consent_rules = consent_rules(config)
         # Destinations whose platform has a match-quality model (pipeline/quality.py).
         self._platforms = {
