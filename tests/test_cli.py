@@ -132,3 +132,25 @@ def test_forget_command_reports_what_it_removed(tmp_path: Path) -> None:
                               "1 raw inbox row(s)")
     code, output = run("forget", "--config", str(config_path))
     assert code == 2 and "at least one" in output
+
+
+def test_check_show_hides_credentials_in_endpoints(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[sources.web]\ntype = "http_api"\ntoken = "t"\n'
+        '[destinations.hook]\ntype = "webhook"\n'
+        'endpoint = "https://robot:pa55word@hooks.example.com/in?api_key=k-123&team=x"\n')
+    code, output = run("check", "--config", str(path), "--show")
+    assert code == 0
+    assert "pa55word" not in output and "k-123" not in output and "robot" not in output
+    assert "https://***@hooks.example.com/in?api_key=***&team=***" in output
+
+
+def test_check_runs_each_destinations_healthcheck(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[sources.web]\ntype = "http_api"\ntoken = "t"\n'
+        '[destinations.meta]\ntype = "meta_capi"\npixel_id = "123"\naccess_token = "  "\n')
+    code, output = run("check", "--config", str(path))
+    assert code == 1
+    assert "error: destination meta:" in output

@@ -86,6 +86,9 @@ def create_app(
         yield
         # In-flight sends get the grace period; what does not finish is sent again later.
         await scheduler.stop(config.server.shutdown_grace_secs)
+        for destination in destinations.values():
+            if destination.id not in scheduler.workers:
+                await destination.close()
 
     async def processor_ctx(app: web.Application) -> AsyncIterator[None]:
         app[PROCESSOR] = processor

@@ -24,7 +24,7 @@ from tracklayerd.config import (
     parse_listen,
     redacted,
 )
-from tracklayerd.errors import ConfigError, TracklayerdError
+from tracklayerd.errors import ConfigError, DestinationError, TracklayerdError
 
 log = logging.getLogger("tracklayerd")
 T = TypeVar("T")
@@ -136,6 +136,26 @@ def check(config_path: str, show: bool) -> None:
     )
     for source_id in config.unauthenticated_sources():
         click.echo(f"warning: source {source_id} has no credentials (loopback only)", err=True)
+    problems = run_async(_healthchecks(config))
+    for dest_id, problem in problems:
+        click.echo(f"error: destination {dest_id}: {problem}", err=True)
+    if problems:
+        raise SystemExit(1)
+
+
+async def _healthchecks(config: Config) -> list[tuple[str, str]]:
+    """Every destination's own check (credentials, ids, endpoint), without sending."""
+    from tracklayerd.destinations.registry import create_destinations
+
+    problems = []
+    for dest_id, destination in create_destinations(config).items():
+        try:
+            await destination.healthcheck()
+        except DestinationError as exc:
+            problems.append((dest_id, str(exc)))
+        finally:
+            await destination.close()
+    return problems
 
 
 @cli.command()

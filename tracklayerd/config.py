@@ -512,4 +512,23 @@ def check_bind_safety(config: Config, host: str) -> None:
 def redacted(config: Config) -> dict[str, Any]:
     """The config as a plain dict with every secret redacted (for `check` and `/-/config`)."""
     result: dict[str, Any] = msgspec.to_builtins(config, enc_hook=enc_hook)
+    for destination in result.get("destinations", {}).values():
+        if isinstance(destination.get("endpoint"), str):
+            destination["endpoint"] = redacted_url(destination["endpoint"])
     return result
+
+
+def redacted_url(url: str) -> str:
+    """The URL with any user:password and query values hidden (they are often credentials)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(redacted)"
+    netloc = (f"***@{host}{port}" if parts.username or parts.password else parts.netloc)
+    query = urlencode([(key, "***") for key, _ in parse_qsl(parts.query, keep_blank_values=True)],
+                      safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))

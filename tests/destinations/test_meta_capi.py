@@ -599,7 +599,7 @@ async def test_user_message_is_quoted_verbatim(harness: Harness) -> None:
     (500, b"", RetryLater),
     (502, b"<html>Bad gateway</html>", RetryLater),
     (429, b"", RetryLater),
-    (403, b"Forbidden", Rejected),
+    (403, b"Forbidden", RetryLater),  # a config problem: the destination pauses
     (400, b'{"error": "not a graph error"}', Rejected),
 ])
 async def test_replies_without_a_graph_error_fall_back_to_the_status(
@@ -608,7 +608,7 @@ async def test_replies_without_a_graph_error_fall_back_to_the_status(
     harness.fake.respond_next(status, body)
     (outcome,) = await harness.make().send(harness.events("e1"))
     assert isinstance(outcome, expected) and isinstance(outcome, RetryLater | Rejected)
-    assert outcome.reason == f"HTTP {status} from Meta without a Graph error body"
+    assert outcome.reason.endswith(f"HTTP {status} from Meta without a Graph error body")
 
 
 async def test_short_events_received_is_retried(harness: Harness) -> None:

@@ -21,6 +21,7 @@ from tests.fakes.webhook import FakeReceiver, verify_signature
 from tracklayerd.app import SCHEDULER, create_app
 from tracklayerd.config import parse_config
 from tracklayerd.destinations.base import (
+    CONFIG_PAUSE_SECS,
     Delivered,
     Environment,
     Rejected,
@@ -250,7 +251,8 @@ async def test_a_stale_timestamp_is_refused_by_a_receiver_that_checks_it(
     fake = FakeReceiver(secret=SECRET, now=lambda: time.time() + 600)
     destination = webhook(await start(aiohttp_server, fake), secret=SECRET)
     [outcome] = await destination.send(payloads(destination, "e1"))
-    assert isinstance(outcome, Rejected) and outcome.reason.startswith("HTTP 401")
+    assert isinstance(outcome, RetryLater) and outcome.after_secs == CONFIG_PAUSE_SECS
+    assert outcome.reason.startswith("credentials refused: ") and "HTTP 401" in outcome.reason
     assert fake.errors == ["X-Tracklayerd-Timestamp is too old or in the future"]
 
 
@@ -301,7 +303,9 @@ async def test_a_retried_batch_carries_the_same_idempotency_key(
     (200, Delivered), (202, Delivered), (204, Delivered),
     (408, RetryLater), (425, RetryLater), (429, RetryLater), (500, RetryLater),
     (502, RetryLater), (503, RetryLater),
-    (400, Rejected), (401, Rejected), (404, Rejected), (413, Rejected), (422, Rejected),
+    (400, Rejected), (413, Rejected), (422, Rejected),
+    # The destination's config is wrong, not the events: they wait, the destination pauses.
+    (401, "paused"), (403, "paused"), (404, "paused"),
 ])
 async def test_the_status_code_decides_for_the_whole_batch(
     aiohttp_server: Any, webhook: WebhookFactory, status: int, kind: type,
@@ -310,6 +314,11 @@ async def test_the_status_code_decides_for_the_whole_batch(
     destination = webhook(await start(aiohttp_server, fake))
     fake.respond_next(status, b"" if status == 204 else {"error": "scripted"})
     outcomes = await destination.send(payloads(destination, "e1", "e2"))
+    if kind == "paused":
+        assert all(isinstance(o, RetryLater) and o.after_secs == CONFIG_PAUSE_SECS
+                   and o.reason.endswith(f'HTTP {status}: {{"error":"scripted"}}')
+                   for o in outcomes)
+        return
     assert [type(o) for o in outcomes] == [kind, kind]
     first = outcomes[0]
     assert first.reply is not None and first.reply.status == status

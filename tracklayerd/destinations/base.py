@@ -208,14 +208,25 @@ class HttpClient:
             self._session = None
 
 
+# Answers that say the destination's config is wrong (credentials, URL), not the events: the
+# events wait while the destination pauses, instead of all becoming dead letters.
+CONFIG_STATUSES = {401: "credentials refused", 403: "access forbidden",
+                   404: "endpoint not found", 407: "proxy credentials refused"}
+CONFIG_PAUSE_SECS = 300.0
+
+
 def outcome_for_status(reply: Reply, reason: str) -> Outcome:
     """The generic HTTP reading: 2xx delivered; 408, 425, 429 and 5xx retried (honouring
-    Retry-After); any other 4xx rejected. Platforms with error codes in their bodies map
-    those first and fall back to this."""
+    Retry-After); 401, 403, 404 and 407 pause the destination (a config problem: check the
+    credentials and endpoint); any other 4xx rejected as a batch. Platforms with error codes
+    in their bodies map those first and fall back to this."""
     if 200 <= reply.status < 300:
         return Delivered(reply=reply)
     if reply.status in (408, 425, 429) or reply.status >= 500:
         return RetryLater(reason=reason, after_secs=reply.retry_after_secs, reply=reply)
+    if (problem := CONFIG_STATUSES.get(reply.status)) is not None:
+        return RetryLater(reason=f"{problem}: check the destination's credentials and "
+                                 f"endpoint. {reason}", after_secs=CONFIG_PAUSE_SECS, reply=reply)
     return Rejected(reason=reason, whole_batch=True, reply=reply)
 
 

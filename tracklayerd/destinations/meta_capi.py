@@ -1,4 +1,4 @@
-"""Meta Conversions API destination (``type = "meta_capi"``); docs/destinations/meta.md.
+"""Meta Conversions API destination (``type = "meta_capi"``); docs/destinations/meta_capi.md.
 
 Facts (endpoint, fields, limits, errors) are in reference/destinations.md §1. Identity fields
 are normalized and hashed by :func:`tracklayerd.pipeline.normalize.prepare_identity`; this

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import msgspec
 
 from tracklayerd.destinations.base import (
+    CONFIG_PAUSE_SECS,
     Outcome,
     Rejected,
     Reply,
@@ -42,9 +43,6 @@ class GraphError(msgspec.Struct, kw_only=True):
 
 class _Envelope(msgspec.Struct):
     error: GraphError
-
-
-CONFIG_PAUSE_SECS = 300.0
 
 
 class Kind(enum.Enum):

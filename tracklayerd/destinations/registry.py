@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
     Factory = Callable[[str, Any, Environment], Destination]
 
+from tracklayerd.errors import ConfigError
+
 ENTRY_POINT_GROUP = "tracklayerd.destinations"
 BUILTIN_PLUGINS = ("tracklayerd.destinations.webhook", "tracklayerd.destinations.meta_capi")
 
@@ -67,7 +69,12 @@ def registry() -> Registry:
         for module_name in BUILTIN_PLUGINS:
             importlib.import_module(module_name).register(reg)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            ep.load()(reg)
+            try:
+                ep.load()(reg)
+            except Exception as exc:
+                # A broken plugin is a startup error with its name, not a traceback.
+                raise ConfigError(f"destination plugin {ep.name!r} ({ep.value}) failed to "
+                                  f"load: {type(exc).__name__}: {exc}") from exc
         _registry = reg
     return _registry
 

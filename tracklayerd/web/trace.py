@@ -185,6 +185,8 @@ def _delivery(record: DeliveryRecord) -> dict[str, Any]:
         "match_quality": record.match_quality,
         "match_missing": record.match_missing,
         "warnings": [redact_text(w) for w in record.warnings],
+        # Outcome, rule, reason and region of the consent decision (no personal data).
+        "consent": _consent(record.consent),
         "payload": payload,
         "attempts": [_attempt(a) for a in record.history],
     }
@@ -210,6 +212,11 @@ def _attempt(attempt: AttemptRecord) -> dict[str, Any]:
 
 
 _NOT_JSON = object()
+
+
+def _consent(raw: bytes | None) -> Any:
+    decoded = None if raw is None else _json(raw)
+    return None if decoded is _NOT_JSON else decoded
 
 
 def _json(data: bytes) -> Any:
