@@ -640,7 +640,7 @@ def test_every_emitted_rule_is_a_known_rule() -> None:
     for format_name in FORMATS:
         for region in REGIONS:
             event = event_for(format_name, region)
-            for rules in DESTINATIONS.values():
+            for rules in [*DESTINATIONS.values(), REGION_GATED]:
                 rule = decide(event, "d", rules, POLICY).rule
                 assert rule in RULES or rule.startswith(
                     tuple(r for r in RULES if r.endswith(":"))), rule

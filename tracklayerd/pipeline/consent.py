@@ -48,7 +48,7 @@ LIMITED_PROPERTIES = frozenset({
 
 # Every rule a decision can name (":<id>" takes the category); docs/consent.md lists each.
 RULES = (
-    "google_ad_user_data_denied", "not_required", "google_ad_storage_denied",
+    "google_ad_user_data_denied", "not_required", "consent_stated", "google_ad_storage_denied",
     "category_denied:", "category_not_granted:", "rudderstack_denied:",
     "rudderstack_not_granted:", "google_analytics_storage_denied",
     "google_ad_personalization_denied", "categories_granted", "no_consent_unknown_region",
