@@ -106,3 +106,25 @@ async def test_running_processor_wakes_on_commit_without_polling(
         assert [e.event_id for e in await store.events_for("web", ["w1"])] == ["w1"]
     finally:
         await processor.stop()
+
+
+async def test_two_sources_sending_the_same_orders_are_named_once_in_the_log(
+    make_client: Any, tmp_path: Path, caplog: Any
+) -> None:
+    config = make_config(tmp_path, sources={
+        "web": {"type": "http_api", "token": "t-web"},
+        "shop": {"type": "http_api", "token": "t-shop"},
+    })
+    client = await make_client(config)
+    for token in ("t-web", "t-shop"):
+        batch = {"events": [purchase(f"{token}-{n}", order_id=str(n)) for n in (1, 2)]}
+        assert (await client.post("/v1/events", json=batch, headers=auth(token))).status == 200
+    with caplog.at_level("WARNING", logger="tracklayerd.processor"):
+        await processor_of(client).run_until_idle()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tracklayerd.processor"]
+    assert warnings == [
+        "sources web and shop both send purchase events: the repeats are kept as duplicates "
+        "and delivered once; decide which route owns them (docs/dedup.md)"]
+    overlaps = await store_of(client).dedup_overlaps()
+    assert [(o.first_source, o.duplicate_source, o.event, o.count) for o in overlaps] == [
+        ("web", "shop", "purchase", 2)]

@@ -227,6 +227,7 @@ class Processor:
         self._busy_since_idle = False
         self._last_prune = 0.0
         self._claims: dict[int, str] = {}  # inbox seq → the dedup key it claims
+        self._overlaps: set[tuple[str, str, str]] = set()  # (first, second source, event)
         store.on_inbox_append(self.wake)
 
     def wake(self) -> None:
@@ -293,6 +294,7 @@ class Processor:
                 continue
             found = check(key, record.received_at, first.get(key), policy)
             if found is not None:
+                self._note_overlap(found.of.source, record.source, item.event)
                 result.append(self._guarded(record, self._pipeline.duplicate, record, item,
                                             found))
                 continue
@@ -301,6 +303,16 @@ class Processor:
             self._claims[record.seq] = key
             result.append(item)
         return result
+
+    def _note_overlap(self, first: str, second: str, event: str) -> None:
+        """Say once per process when two sources send the same conversions: the operator
+        must decide which route owns them (docs/dedup.md)."""
+        if first == second or (first, second, event) in self._overlaps:
+            return
+        self._overlaps.add((first, second, event))
+        log.warning("sources %s and %s both send %s events: the repeats are kept as "
+                    "duplicates and delivered once; decide which route owns them "
+                    "(docs/dedup.md)", first, second, event)
 
     async def _ledger(self, staged: list[Event | ProcessedEvent]) -> dict[str, dict[str, int]]:
         """Per live destination, which of these event ids it already accepted."""
