@@ -215,6 +215,9 @@ class ConsentConfig(_Strict):
     ad_categories: list[str] = []
     # US states (2-letter codes) whose users get the platforms' limited-data-use flags.
     ldu_states: list[str] = []
+    # A MaxMind DB file (GeoLite2-Country/City, DB-IP lite, ...): the user's region from
+    # context.ip when the event names none. Relative paths resolve against the config file.
+    geoip_database: str | None = None
 
 
 class DestinationConfig(_Strict):
@@ -307,6 +310,12 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> Config:
     config.destinations = _convert_components(
         "destinations", raw_destinations, destination_config_type, dec_hook
     )
+    if config.consent.geoip_database is not None:
+        geoip = Path(config.consent.geoip_database).expanduser()
+        config.consent.geoip_database = str(geoip if geoip.is_absolute() else base_dir / geoip)
+        from tracklayerd.geoip import GeoIP
+
+        GeoIP(config.consent.geoip_database).close()  # fails here, with its path, if unusable
     _check_values(config)
     return config
 

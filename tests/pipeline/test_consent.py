@@ -509,7 +509,7 @@ def test_config_normalizes_region_codes() -> None:
     ({"consent": {"ldu_states": ["CA", "Cal"]}}, "consent.ldu_states[1]: 'Cal' is not"),
     ({"consent": {"unknown_region": "deny"}}, "consent.unknown_region: Invalid enum value"),
     ({"consent": {"ad_categories": [""]}}, "consent.ad_categories[0]: a consent category"),
-    ({"consent": {"geoip_database": "x.mmdb"}}, "consent.geoip_database: unknown key"),
+    ({"consent": {"geoip_database": "x.mmdb"}}, "consent.geoip_database: cannot open"),
     ({"destinations": {"meta": {**META, "consent_denied": "drop"}}},
      "destinations.meta.consent_denied: Invalid enum value 'drop'"),
     ({"destinations": {"meta": {**META, "consent": ["marketing", "  "]}}},

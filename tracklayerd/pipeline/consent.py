@@ -23,7 +23,7 @@ from tracklayerd.events import Consent, Context, Event, Identity
 from tracklayerd.pipeline.normalize import region_of
 
 Outcome = Literal["allowed", "limited", "suppressed"]
-RegionSource = Literal["consent", "location", "address"]
+RegionSource = Literal["consent", "location", "address", "geoip"]
 
 EU = frozenset({
     "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT",
@@ -85,6 +85,9 @@ class ConsentPolicy:
     opt_in_regions: frozenset[str] = DEFAULT_OPT_IN_REGIONS
     unknown_region: Literal["opt_in", "opt_out"] = "opt_out"
     ldu_states: frozenset[str] = frozenset()
+    # IP → (country, subdivision), from [consent] geoip_database; None: no GeoIP.
+    geoip: Callable[[str], tuple[str | None, str | None]] | None = dataclasses.field(
+        default=None, compare=False)
 
     @classmethod
     def from_config(cls, config: ConsentConfig) -> ConsentPolicy:
@@ -94,8 +97,13 @@ class ConsentPolicy:
             if code is not None:
                 regions |= REGION_GROUPS.get(code, {code})
         states = {state for entry in config.ldu_states if (state := us_state(entry))}
+        geoip = None
+        if config.geoip_database is not None:
+            from tracklayerd.geoip import GeoIP
+
+            geoip = GeoIP(config.geoip_database).lookup
         return cls(opt_in_regions=frozenset(regions), unknown_region=config.unknown_region,
-                   ldu_states=frozenset(states))
+                   ldu_states=frozenset(states), geoip=geoip)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,10 +155,22 @@ class Region:
         return f"{self.country}-{self.subdivision}" if self.subdivision else self.country
 
 
-def effective_region(event: Event) -> Region | None:
+def effective_region(
+    event: Event, geoip: Callable[[str], tuple[str | None, str | None]] | None = None
+) -> Region | None:
     """Where the user is, for consent: the consent's own region, else `context.location`,
-    else the user's address; a lower source only adds the subdivision when it names the
-    same country. Unparseable values are skipped, never guessed."""
+    else the user's address, else (with a GeoIP database) the IP's country; a lower source
+    only adds the subdivision when it names the same country. Unparseable values are
+    skipped, never guessed."""
+    found = _stated_region(event)
+    if found is None and geoip is not None and event.context.ip:
+        country, sub_value = geoip(event.context.ip)
+        if (code := _country(country)) is not None:
+            return Region(code, _subdivision(code, sub_value), "geoip")
+    return found
+
+
+def _stated_region(event: Event) -> Region | None:
     consent = event.consent or _NO_CONSENT
     explicit_country, _, explicit_sub = (consent.region or "").partition("-")
     candidates: list[tuple[str | None, str | None, RegionSource]] = [
@@ -249,14 +269,14 @@ def decide(
     event: Event, destination_id: str, rules: DestinationConsent, policy: ConsentPolicy
 ) -> ConsentDecision:
     """Whether `destination_id` may receive `event` (docs/consent.md, "Decision order")."""
-    return _decide(event, effective_region(event), destination_id, rules, policy)
+    return _decide(event, effective_region(event, policy.geoip), destination_id, rules, policy)
 
 
 def decide_all(
     event: Event, rules: Mapping[str, DestinationConsent], policy: ConsentPolicy
 ) -> dict[str, ConsentDecision]:
     """:func:`decide` for every destination in `rules`, placing the user once."""
-    region = effective_region(event)
+    region = effective_region(event, policy.geoip)
     return {dest_id: _decide(event, region, dest_id, dest_rules, policy)
             for dest_id, dest_rules in rules.items()}
 
@@ -429,7 +449,7 @@ def _ldu(region: Region | None, policy: ConsentPolicy) -> tuple[bool, str | None
 
 
 _SOURCES = {"consent": "the consent's region", "location": "context.location",
-            "address": "the user's address"}
+            "address": "the user's address", "geoip": "the IP address (GeoIP)"}
 
 
 def _where(region: Region | None) -> str:
