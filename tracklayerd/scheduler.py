@@ -40,6 +40,7 @@ from tracklayerd.destinations.base import (
 )
 from tracklayerd.errors import StoreUnavailable
 from tracklayerd.events import event_decoder
+from tracklayerd.metrics import Metrics
 from tracklayerd.store.base import (
     Attempt,
     DeliveryUpdate,
@@ -117,9 +118,11 @@ class DestinationWorker:
     """Sends one destination's deliveries; see the module docstring."""
 
     def __init__(
-        self, destination: Destination, store: Store, clock: Clock, rng: random.Random
+        self, destination: Destination, store: Store, clock: Clock, rng: random.Random,
+        metrics: Metrics | None = None,
     ) -> None:
         self.destination = destination
+        self._metrics = metrics
         self.id = destination.id
         self._store = store
         self._clock = clock
@@ -166,6 +169,8 @@ class DestinationWorker:
         try:
             exchanges, updates = await self._attempt(batch)
             await self._store.finish_deliveries(exchanges, updates, self._clock.now())
+            if self._metrics is not None:
+                self._metrics.delivery_recorded(self.id, exchanges)
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -296,8 +301,12 @@ class DestinationWorker:
                 pause = min(first.after_secs, RATE_LIMIT_PAUSE_CAP_SECS)
                 self.stats.paused_until = max(self.stats.paused_until, now + pause)
             if self.breaker.state(now) == "open":
-                log.warning("destination %s: %d failed requests in a row, pausing %.0f s: %s",
-                            self.id, self.breaker.failures, self.breaker.cooldown, first.reason)
+                # The platform's words stay in the attempts log (the trace, the status page):
+                # a receiver may echo personal data back, and logs must never hold it.
+                answer = ("no answer" if first.reply is None
+                          else f"last answer HTTP {first.reply.status}")
+                log.warning("destination %s: %d failed requests in a row (%s), pausing %.0f s",
+                            self.id, self.breaker.failures, answer, self.breaker.cooldown)
         else:
             self.breaker.success()
 
@@ -418,11 +427,12 @@ class Scheduler:
     def __init__(
         self, store: Store, destinations: Sequence[Destination], *,
         clock: Clock | None = None, rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.clock = clock or SystemClock()
         rng = rng or random.Random()
         self.workers = {
-            d.id: DestinationWorker(d, store, self.clock, rng)
+            d.id: DestinationWorker(d, store, self.clock, rng, metrics)
             for d in destinations if d.config.mode == "live"
         }
         self._tasks: dict[str, asyncio.Task[None]] = {}
