@@ -19,11 +19,14 @@ from tracklayerd.ingest.common import ClientAddress, json_response
 from tracklayerd.ingest.http_api import NativeIngest
 from tracklayerd.ingest.segment import SegmentIngest
 from tracklayerd.ingest.webhooks import WebhookIngest
+from tracklayerd.metrics import Metrics, counted_ingest
 from tracklayerd.processor import Pipeline, Processor
 from tracklayerd.scheduler import Clock, Scheduler
 from tracklayerd.store import create_store
 from tracklayerd.store.base import Store
 from tracklayerd.web.health import healthz, readyz_handler
+from tracklayerd.web.metrics import metrics_handler
+from tracklayerd.web.status import status_handler
 from tracklayerd.web.trace import lookup_handler, trace_handler
 
 log = logging.getLogger("tracklayerd")
@@ -32,6 +35,7 @@ CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 PROCESSOR = web.AppKey("processor", Processor)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 @web.middleware
@@ -69,12 +73,14 @@ def create_app(
     app[CONFIG] = config
     store = create_store(config.storage, data_dir)
     destinations = create_destinations(config)
-    scheduler = Scheduler(store, list(destinations.values()), clock=clock)
+    metrics = app[METRICS] = Metrics(config)
+    scheduler = Scheduler(store, list(destinations.values()), clock=clock, metrics=metrics)
     processor = Processor(store, Pipeline(config, destinations), on_processed=scheduler.wake,
-                          clock=scheduler.clock.now)
+                          clock=scheduler.clock.now, metrics=metrics)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.open()
+        metrics.watch_commits(store)
         app[STORE] = store
         yield
         await store.close()
@@ -107,23 +113,26 @@ def create_app(
     if native_sources:
         native = NativeIngest(native_sources, store, commit_timeout_secs=timeout,
                               client_address=client_address)
-        app.router.add_post("/v1/events", native.handle)
+        app.router.add_post("/v1/events", counted_ingest(metrics, native.handle))
     segment_sources = {
         sid: src for sid, src in config.sources.items() if isinstance(src, SegmentSource)
     }
     if segment_sources:
         SegmentIngest(segment_sources, store, commit_timeout_secs=timeout,
-                      client_address=client_address).add_routes(app.router)
+                      client_address=client_address, metrics=metrics).add_routes(app.router)
     webhook_sources = {
         sid: src for sid, src in config.sources.items() if isinstance(src, WEBHOOK_SOURCES)
     }
     if webhook_sources:
         WebhookIngest(webhook_sources, store, commit_timeout_secs=timeout,
-                      client_address=client_address).add_routes(app.router)
+                      client_address=client_address, metrics=metrics).add_routes(app.router)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/-/events/{id}", trace_handler(store))
     app.router.add_get("/-/events", lookup_handler(store))
+    app.router.add_get("/-/status", status_handler(config, store, scheduler, "html"))
+    app.router.add_get("/-/status.json", status_handler(config, store, scheduler, "json"))
     app.router.add_get("/readyz", readyz_handler(store))
+    app.router.add_get("/metrics", metrics_handler(metrics, store, scheduler))
     return app
 
 

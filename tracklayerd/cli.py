@@ -344,6 +344,78 @@ def send_test(config_path: str, destination_id: str, test_event_code: str | None
 
 
 @cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
+              envvar="TRACKLAYERD_CONFIG")
+@click.option("--data-dir", envvar="TRACKLAYERD_DATA_DIR", type=click.Path(file_okay=False),
+              help="As for serve: where a relative storage path lives.")
+@click.option("--since", help="Events received since: ISO 8601, or 30m, 24h, 7d [default: "
+                              "the first].")
+@click.option("--until", help="Events received before: ISO 8601, or 30m, 24h, 7d ago "
+                              "[default: now].")
+@click.option("--destination", "destination_id", help="One destination [default: all].")
+@click.option("--against", type=click.Path(exists=True, dir_okay=False),
+              help="An export to reconcile with (CSV with a header, or NDJSON).")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]),
+              default="table", show_default=True)
+def report(config_path: str, data_dir: str | None, since: str | None, until: str | None,
+           destination_id: str | None, against: str | None, output_format: str) -> None:
+    """The parallel-validation report: what arrived, was deduplicated, suppressed, sent or
+    observed, per destination and event; with --against, a reconciliation with an export.
+
+    Exit status 0: done, and with --against everything matches; 1: the reconciliation found
+    differences; 2: a usage, config, export or store problem.
+    """
+    from tracklayerd import delivery_tools as tools
+    from tracklayerd import report as reporting
+    from tracklayerd.store import create_store
+
+    config = _load_required(config_path)
+    now = time.time()
+    window: list[float | None] = []
+    for name, text in (("--since", since), ("--until", until)):
+        try:
+            window.append(None if text is None else tools.parse_since(text, now))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=name) from None
+    since_ts, until_ts = window
+    if since_ts is not None and until_ts is not None and since_ts >= until_ts:
+        raise click.BadParameter("the window is empty: --since must be before --until",
+                                 param_hint="--until")
+    if destination_id is not None and destination_id not in config.destinations:
+        known = ", ".join(sorted(config.destinations)) or "none"
+        raise UsageFailure(f"no destination {destination_id!r} in the config "
+                           f"(configured: {known})")
+    try:
+        rows = None if against is None else reporting.read_export(against)
+    except reporting.ExportError as exc:
+        raise UsageFailure(f"--against {against}: {exc}") from None
+    directory = _data_dir(data_dir)
+    path = tools.store_path(config, directory)
+    if not path.exists():
+        raise UsageFailure(f"no store at {path}: give the config and --data-dir the server uses")
+    store = create_store(config.storage, directory)
+
+    async def run() -> tuple[reporting.Report, reporting.Reconciliation | None]:
+        await store.open()
+        try:
+            made = await reporting.build_report(store, since=since_ts, until=until_ts,
+                                                destination=destination_id)
+            rec = None if rows is None else await reporting.compare(
+                store, rows, since=since_ts, until=until_ts, destination=destination_id)
+            return made, rec
+        finally:
+            await store.close()
+
+    try:
+        made, rec = run_async(run())
+    except TracklayerdError as exc:
+        raise UsageFailure(str(exc)) from None
+    click.echo(reporting.render(made, rec, output_format, against), nl=False)
+    if rec is not None and not rec.matches:
+        click.get_current_context().exit(1)
+
+
+@cli.command()
 def version() -> None:
     """Print the version."""
     click.echo(f"tracklayerd {__version__}")

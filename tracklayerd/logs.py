@@ -44,4 +44,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log would record client IPs; it stays off.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its parameters at DEBUG: hashes of emails and
+    # phones, event ids. Never, at any level.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     logging.getLogger("aiohttp.server").addFilter(_UndecodableBodyFilter())

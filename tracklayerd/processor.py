@@ -23,6 +23,7 @@ from tracklayerd.destinations.base import Destination, Encoded
 from tracklayerd.destinations.registry import destination_platform
 from tracklayerd.errors import StoreUnavailable
 from tracklayerd.events import Event, event_encoder
+from tracklayerd.metrics import Metrics
 from tracklayerd.pipeline import contracts
 from tracklayerd.pipeline.click_ids import extract_click_ids
 from tracklayerd.pipeline.consent import ConsentDecision, consent_rules, decide_all, limited
@@ -215,9 +216,11 @@ class Processor:
         self, store: Store, pipeline: Pipeline,
         on_processed: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
+        self._metrics = metrics
         self._pipeline = pipeline
         # Called after each committed slice (the scheduler's wake-up).
         self._on_processed = on_processed
@@ -268,6 +271,8 @@ class Processor:
         self._claims.clear()
         await self._store.commit_processed(results, CURSOR, records[-1].seq, changes,
                                            now=self._clock())
+        if self._metrics is not None:
+            self._metrics.processed(results)
         self._position = records[-1].seq
         if self._on_processed is not None:
             self._on_processed()

@@ -156,7 +156,8 @@ async def test_transaction_aborted_by_sqlite_retries_the_rest_of_the_group(
     tmp_path: Path,
 ) -> None:
     """SQLITE_FULL rolls back the whole transaction; only the job that hit it may fail."""
-    store = SQLiteStore(tmp_path / "db.sqlite3", max_db_bytes=120_000)
+    # Room for the empty schema (~140 kB) and some filler; the big job cannot fit.
+    store = SQLiteStore(tmp_path / "db.sqlite3", max_db_bytes=400_000)
     await store.open()
     filler = 0
     with pytest.raises(StoreUnavailable):

@@ -33,6 +33,7 @@ from tracklayerd.ingest.common import (
     unavailable,
     validation_problem,
 )
+from tracklayerd.metrics import note_source
 from tracklayerd.store.base import InboxRow, Store
 
 KIND = "native"
@@ -67,6 +68,7 @@ class NativeIngest:
 
     async def handle(self, request: web.Request) -> web.Response:
         source_id = self._keys.source_for(_bearer(request))
+        note_source(request, source_id)
         if source_id is None:
             response = error_response(401, "unauthorized", "missing or unknown bearer token")
             response.headers["WWW-Authenticate"] = 'Bearer realm="tracklayerd"'

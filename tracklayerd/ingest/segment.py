@@ -35,6 +35,7 @@ from tracklayerd.ingest.common import (
     unavailable,
 )
 from tracklayerd.ingest.segment_messages import BatchFields, Prepared, prepare
+from tracklayerd.metrics import Metrics, counted_ingest, note_source
 from tracklayerd.segment_wire import SHORT_PATHS, BatchProbe, batch_probe_decoder
 from tracklayerd.store.base import Store
 
@@ -59,7 +60,9 @@ class SegmentIngest:
         *,
         commit_timeout_secs: float,
         client_address: ClientAddress,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._sources = sources
         self._keys = KeyRing({sid: src.write_key for sid, src in sources.items()})
         self._store = store
@@ -70,7 +73,7 @@ class SegmentIngest:
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         for path in PATHS:
-            router.add_post(f"/v1/{path}", self.handle)
+            router.add_post(f"/v1/{path}", counted_ingest(self._metrics, self.handle))
             if self._origins:
                 router.add_route("OPTIONS", f"/v1/{path}", self.preflight)
 
@@ -107,6 +110,7 @@ class SegmentIngest:
         kind = SHORT_PATHS.get(kind, kind)
         header_key = (basic_username(request) or request.headers.get("X-Write-Key")
                       or request.query.get("writeKey"))
+        note_source(request, self._keys.source_for(header_key))  # until the body names one
         try:
             body = await read_body(request, self._max_request)
         except TooLarge as exc:
@@ -128,6 +132,7 @@ class SegmentIngest:
             return await self._invalid(header_key, f"invalid body: {exc}")
 
         source_id = self._keys.source_for(body_key or header_key)
+        note_source(request, source_id)
         if source_id is None:
             return error_response(401, "unauthorized", "missing or unknown write key")
         source = self._sources[source_id]

@@ -33,6 +33,7 @@ from tracklayerd.ingest.common import (
 )
 from tracklayerd.ingest.segment import commit_prepared
 from tracklayerd.ingest.segment_messages import BatchFields, prepare
+from tracklayerd.metrics import Metrics, counted_ingest, note_source
 from tracklayerd.secrets import Secret, as_bytes
 from tracklayerd.store.base import Store
 
@@ -98,14 +99,16 @@ class WebhookIngest:
         *,
         commit_timeout_secs: float,
         client_address: ClientAddress,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._sources = sources
         self._store = store
         self._timeout = commit_timeout_secs
         self._client_address = client_address
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
-        router.add_post("/ingest/{source_id}", self.handle)
+        router.add_post("/ingest/{source_id}", counted_ingest(self._metrics, self.handle))
 
     async def handle(self, request: web.Request) -> web.Response:
         received_at = time.time()
@@ -113,6 +116,7 @@ class WebhookIngest:
         source = self._sources.get(source_id)
         if source is None:
             return error_response(404, "not_found", f"no webhook source {source_id!r}")
+        note_source(request, source_id)
         # An unreadable body is not counted: the sender is not authenticated yet.
         body = await read_body_or_answer(request, source.max_request_bytes)
         if isinstance(body, web.Response):

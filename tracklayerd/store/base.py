@@ -320,3 +320,181 @@ class Store(Protocol):
 
     async def inbox_record(self, seq: int) -> InboxRecord | None: ...
     async def stored_event(self, event_row: int) -> StoredEvent | None: ...
+
+    # -- report (tracklayerd report; store/report_queries.py) ------------------------------
+    # Windows are on events.received_at: since <= received_at < until (None: no end).
+
+    async def report_tallies(
+        self, since: float, until: float | None, destination: str | None = None
+    ) -> list[ReportTally]:
+        """Deliveries of the events received in the window, counted per destination,
+        canonical event, delivery status, consent outcome and (delivered or observed ones)
+        currency, with their value and match-quality sums."""
+
+    async def report_event_tallies(self, since: float, until: float | None) -> list[EventTally]:
+        """Events received in the window per canonical name and event status."""
+
+    async def report_items(
+        self, since: float, until: float | None, events: Sequence[str],
+        destination: str | None = None,
+    ) -> list[ReportItem]:
+        """The stored events of these canonical names (case-insensitive) received in the
+        window, once per delivery (of `destination` only, when given); an event without
+        one comes once with destination None."""
+
+    async def report_items_by_id(
+        self, events: Sequence[str], order_ids: Sequence[str], event_ids: Sequence[str],
+        destination: str | None = None,
+    ) -> list[ReportItem]:
+        """As report_items, in any window: the events with these order ids or event ids."""
+
+
+    # -- status page --------------------------------------------------------------------------
+    # Aggregates for /-/status (tracklayerd/web/status.py); all bounded (see
+    # store/status_queries.py), so the page stays fast with millions of stored events.
+
+    async def event_counts(self, since: float) -> list[EventCount]:
+        """Events received since `since` per source, hour, status, name and explicit id."""
+
+    async def reject_counts(self, sources: Sequence[str], since: float) -> list[RejectCount]:
+        """Ingest rejects since `since` per source and hour; and for each of `sources` the
+        reasons of its latest (up to 1,000) rejects."""
+
+    async def delivery_counts(
+        self, destinations: Sequence[str], since: float
+    ) -> list[DeliveryCount]:
+        """Deliveries of these destinations finished since `since`, per state and hour; and
+        the queued ones now (hour None, with the oldest created_at)."""
+
+    async def delivery_totals(self, destinations: Sequence[str]) -> list[DeliveryCount]:
+        """All-time deliveries per destination and state (hour None)."""
+
+    async def delivery_latencies(self, destination: str, since: float, limit: int) -> list[float]:
+        """Seconds from processing to delivery of the latest `limit` deliveries since."""
+
+    async def suppression_counts(
+        self, destinations: Sequence[str], since: float
+    ) -> list[SuppressionCount]:
+        """Suppressed deliveries since `since`, per consent rule (None: the ledger)."""
+
+    async def failed_request_counts(self, destination: str, since: float) -> list[tuple[int, int]]:
+        """(hour, requests answered without 2xx or not at all) since `since`."""
+
+    async def platform_errors(
+        self, destination: str, since: float, limit: int
+    ) -> list[PlatformAnswer]:
+        """The latest requests since `since` that failed, with the platform's answer."""
+
+    async def platform_warnings(
+        self, destination: str, since: float, limit: int, scan: int
+    ) -> list[PlatformAnswer]:
+        """The latest accepted requests whose answer carries messages (among `scan`)."""
+
+    async def last_request(self, destination: str) -> PlatformAnswer | None: ...
+
+    async def dead_letters(self, destination: str, limit: int) -> list[DeadLetter]:
+        """The latest dead letters of `destination`, newest first."""
+
+    async def recent_events_since(self, limit: int, since: float) -> float:
+        """The receive time of the `limit`-th latest event since `since` (else `since`)."""
+
+    async def quality_sample(self, since: float) -> list[QualitySummary]:
+        """As quality_summary, meant for a recent `since` (a sample): it reads from the
+        events received since then outwards, however many deliveries are stored."""
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+class ReportTally(msgspec.Struct, frozen=True, kw_only=True):
+    """One group of report_tallies()."""
+
+    destination: str
+    event: str
+    status: str  # the delivery status
+    consent: str | None  # the consent outcome if limited or suppressed, else None
+    currency: str | None  # delivered and observed deliveries only (None: other, or unset)
+    deliveries: int
+    valued: int  # delivered and observed deliveries whose event has a value
+    value: float  # the sum of those values
+    scored: int  # deliveries with a match-quality score
+    quality: float  # the sum of those scores
+
+
+class EventTally(msgspec.Struct, frozen=True):
+    event: str | None  # None: the record could not be decoded (status invalid)
+    status: str  # accepted | dropped | invalid | duplicate
+    events: int
+
+
+class ReportItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored event for a reconciliation, with one of its deliveries (or none)."""
+
+    event_row: int
+    event: str
+    event_id: str
+    status: str  # the event's: accepted | dropped | duplicate
+    received_at: float
+    order_id: str | None
+    value: float | None
+    currency: str | None
+    destination: str | None  # None: the event has no delivery (for that destination)
+    delivery: str | None  # the delivery's status
+    consent: str | None  # the delivery's consent outcome
+
+
+# -- status page ----------------------------------------------------------------------------
+
+
+class EventCount(msgspec.Struct, frozen=True, kw_only=True):
+    source: str
+    hour: int  # unix seconds at the start of the hour
+    status: str  # accepted | dropped | invalid | duplicate
+    name: str | None
+    explicit: bool  # the sender set the event id
+    count: int
+
+
+class RejectCount(msgspec.Struct, frozen=True, kw_only=True):
+    """Either an hour's rejects of a source (reason None), or one reason among the latest
+    rejects of a source (hour None)."""
+
+    source: str
+    hour: int | None
+    reason: str | None  # our description (never the raw input)
+    count: int
+    last_at: float | None
+
+
+class DeliveryCount(msgspec.Struct, frozen=True, kw_only=True):
+    destination: str
+    status: str
+    hour: int | None  # the hour it finished; None: queued now, or an all-time total
+    count: int
+    oldest: float | None = None  # queued: the oldest created_at
+
+
+class SuppressionCount(msgspec.Struct, frozen=True, kw_only=True):
+    destination: str
+    rule: str | None  # the consent rule; None: suppressed by the delivery ledger
+    count: int
+
+
+class PlatformAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """One request to a platform as recorded: its answer verbatim (truncated)."""
+
+    destination: str
+    at: float
+    http_status: int | None
+    response: str | None
+    error: str | None  # transport failure, when there was no answer
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    destination: str
+    event_row: int
+    at: float | None
+    attempts: int
+    reason: str | None
+    source: str
+    name: str | None

@@ -134,6 +134,147 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE deliveries ADD COLUMN consent TEXT;
     """,
+    # 7: the status page (/-/status). Hourly counters and per-state totals kept by triggers
+    # in the transaction that writes the rows they count, so the page reads a few hundred
+    # rows however many events are stored (aggregating a day of events at query time took
+    # seconds at 1M events). Hourly rows older than 35 days are dropped as new events come.
+    # Hours are unix seconds at the start of the hour (UTC).
+    """
+    CREATE TABLE status_event_hours (
+        hour INTEGER NOT NULL,                 -- when received
+        source TEXT NOT NULL,
+        status TEXT NOT NULL,                  -- accepted | dropped | invalid | duplicate
+        name TEXT NOT NULL,                    -- '' when none
+        explicit INTEGER NOT NULL,             -- 1: the sender set the event id
+        events INTEGER NOT NULL,
+        PRIMARY KEY (hour, source, status, name, explicit)
+    ) WITHOUT ROWID;
+    CREATE TABLE status_reject_hours (
+        hour INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        rejects INTEGER NOT NULL,
+        PRIMARY KEY (hour, source)
+    ) WITHOUT ROWID;
+    CREATE TABLE status_delivery_hours (
+        hour INTEGER NOT NULL,                 -- when finished (terminal states only)
+        destination TEXT NOT NULL,
+        status TEXT NOT NULL,
+        rule TEXT NOT NULL,                    -- suppressed by consent: its rule; else ''
+        deliveries INTEGER NOT NULL,
+        PRIMARY KEY (hour, destination, status, rule)
+    ) WITHOUT ROWID;
+    CREATE TABLE status_delivery_totals (
+        destination TEXT NOT NULL,
+        status TEXT NOT NULL,                  -- every state, queued ones included
+        deliveries INTEGER NOT NULL,
+        PRIMARY KEY (destination, status)
+    ) WITHOUT ROWID;
+    -- Each trigger does one thing and fires only when it has something to count: taking a
+    -- delivery for sending (pending -> in_flight) touches the totals alone.
+    CREATE TRIGGER status_event_insert AFTER INSERT ON events BEGIN
+        INSERT INTO status_event_hours VALUES (CAST(NEW.received_at / 3600 AS INTEGER) * 3600,
+            NEW.source, NEW.status, coalesce(NEW.name, ''), coalesce(NEW.explicit_id, 0), 1)
+            ON CONFLICT (hour, source, status, name, explicit) DO UPDATE SET events = events + 1;
+    END;
+    CREATE TRIGGER status_event_delete AFTER DELETE ON events BEGIN
+        UPDATE status_event_hours SET events = events - 1
+            WHERE hour = CAST(OLD.received_at / 3600 AS INTEGER) * 3600 AND source = OLD.source
+            AND status = OLD.status AND name = coalesce(OLD.name, '')
+            AND explicit = coalesce(OLD.explicit_id, 0);
+    END;
+    -- A new hourly row appears a few times an hour: the moment to drop the old ones.
+    CREATE TRIGGER status_hours_prune AFTER INSERT ON status_event_hours BEGIN
+        DELETE FROM status_event_hours WHERE hour < NEW.hour - 35 * 86400;
+        DELETE FROM status_reject_hours WHERE hour < NEW.hour - 35 * 86400;
+        DELETE FROM status_delivery_hours WHERE hour < NEW.hour - 35 * 86400;
+    END;
+    CREATE TRIGGER status_reject_insert AFTER INSERT ON ingest_rejects BEGIN
+        INSERT INTO status_reject_hours VALUES (CAST(NEW.received_at / 3600 AS INTEGER) * 3600,
+            NEW.source, 1) ON CONFLICT (hour, source) DO UPDATE SET rejects = rejects + 1;
+    END;
+    CREATE TRIGGER status_delivery_insert AFTER INSERT ON deliveries BEGIN
+        INSERT INTO status_delivery_totals VALUES (NEW.destination, NEW.status, 1)
+            ON CONFLICT (destination, status) DO UPDATE SET deliveries = deliveries + 1;
+    END;
+    CREATE TRIGGER status_delivery_insert_finished AFTER INSERT ON deliveries
+        WHEN NEW.finished_at IS NOT NULL BEGIN
+        INSERT INTO status_delivery_hours VALUES (
+            CAST(NEW.finished_at / 3600 AS INTEGER) * 3600, NEW.destination, NEW.status,
+            CASE WHEN NEW.status = 'suppressed' AND json_valid(NEW.consent)
+                AND json_extract(NEW.consent, '$.outcome') = 'suppressed'
+                THEN coalesce(json_extract(NEW.consent, '$.rule'), '?') ELSE '' END, 1)
+            ON CONFLICT (hour, destination, status, rule) DO UPDATE
+            SET deliveries = deliveries + 1;
+    END;
+    CREATE TRIGGER status_delivery_state AFTER UPDATE OF status ON deliveries
+        WHEN OLD.status IS NOT NEW.status BEGIN
+        UPDATE status_delivery_totals SET deliveries = deliveries - 1
+            WHERE destination = OLD.destination AND status = OLD.status;
+        INSERT INTO status_delivery_totals VALUES (NEW.destination, NEW.status, 1)
+            ON CONFLICT (destination, status) DO UPDATE SET deliveries = deliveries + 1;
+    END;
+    CREATE TRIGGER status_delivery_finish AFTER UPDATE OF status, finished_at ON deliveries
+        WHEN (OLD.finished_at IS NOT NULL OR NEW.finished_at IS NOT NULL)
+        AND (OLD.status IS NOT NEW.status OR OLD.finished_at IS NOT NEW.finished_at) BEGIN
+        UPDATE status_delivery_hours SET deliveries = deliveries - 1
+            WHERE OLD.finished_at IS NOT NULL
+            AND hour = CAST(OLD.finished_at / 3600 AS INTEGER) * 3600
+            AND destination = OLD.destination AND status = OLD.status
+            AND rule = CASE WHEN OLD.status = 'suppressed' AND json_valid(OLD.consent)
+                AND json_extract(OLD.consent, '$.outcome') = 'suppressed'
+                THEN coalesce(json_extract(OLD.consent, '$.rule'), '?') ELSE '' END;
+        INSERT INTO status_delivery_hours SELECT
+            CAST(NEW.finished_at / 3600 AS INTEGER) * 3600, NEW.destination, NEW.status,
+            CASE WHEN NEW.status = 'suppressed' AND json_valid(NEW.consent)
+                AND json_extract(NEW.consent, '$.outcome') = 'suppressed'
+                THEN coalesce(json_extract(NEW.consent, '$.rule'), '?') ELSE '' END, 1
+            WHERE NEW.finished_at IS NOT NULL
+            ON CONFLICT (hour, destination, status, rule) DO UPDATE
+            SET deliveries = deliveries + 1;
+    END;
+    CREATE TRIGGER status_delivery_delete AFTER DELETE ON deliveries BEGIN
+        UPDATE status_delivery_totals SET deliveries = deliveries - 1
+            WHERE destination = OLD.destination AND status = OLD.status;
+        UPDATE status_delivery_hours SET deliveries = deliveries - 1
+            WHERE OLD.finished_at IS NOT NULL
+            AND hour = CAST(OLD.finished_at / 3600 AS INTEGER) * 3600
+            AND destination = OLD.destination AND status = OLD.status
+            AND rule = CASE WHEN OLD.status = 'suppressed' AND json_valid(OLD.consent)
+                AND json_extract(OLD.consent, '$.outcome') = 'suppressed'
+                THEN coalesce(json_extract(OLD.consent, '$.rule'), '?') ELSE '' END;
+    END;
+    -- The latest finished deliveries of a destination and state (latency, dead letters) and
+    -- the oldest queued one, from the index alone. It has (destination, status) as its
+    -- prefix, so it serves everything the index it replaces did.
+    CREATE INDEX deliveries_finished ON deliveries (destination, status, finished_at, created_at);
+    -- Requests that got no 2xx answer: few, so the latest errors are found without reading
+    -- the accepted ones.
+    CREATE INDEX requests_failed ON requests (destination, started_at)
+        WHERE coalesce(http_status, 0) NOT BETWEEN 200 AND 299;
+    -- What is already stored: every delivery in the totals, the last two days in the hours
+    -- (the page shows one). Ranges on indexes: an upgrade does not read every stored row.
+    INSERT INTO status_delivery_totals
+        SELECT destination, status, count(*) FROM deliveries GROUP BY 1, 2;
+    INSERT INTO status_event_hours
+        SELECT CAST(received_at / 3600 AS INTEGER) * 3600, source, status, coalesce(name, ''),
+            coalesce(explicit_id, 0), count(*) FROM events
+        WHERE received_at >= CAST(strftime('%s', 'now') AS INTEGER) - 2 * 86400
+        GROUP BY 1, 2, 3, 4, 5;
+    INSERT INTO status_reject_hours
+        SELECT CAST(received_at / 3600 AS INTEGER) * 3600, source, count(*) FROM ingest_rejects
+        WHERE received_at >= CAST(strftime('%s', 'now') AS INTEGER) - 2 * 86400 GROUP BY 1, 2;
+    INSERT INTO status_delivery_hours
+        SELECT CAST(finished_at / 3600 AS INTEGER) * 3600, destination, status,
+            CASE WHEN status = 'suppressed' AND json_valid(consent)
+                AND json_extract(consent, '$.outcome') = 'suppressed'
+                THEN coalesce(json_extract(consent, '$.rule'), '?') ELSE '' END, count(*)
+        FROM deliveries
+        WHERE destination IN (SELECT destination FROM status_delivery_totals)
+            AND status IN ('delivered', 'dead', 'suppressed', 'observed')
+            AND finished_at >= CAST(strftime('%s', 'now') AS INTEGER) - 2 * 86400
+        GROUP BY 1, 2, 3, 4;
+    DROP INDEX deliveries_destination_status;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -50,6 +50,8 @@ from tracklayerd.store.base import (
     QualitySummary,
     StoredEvent,
 )
+from tracklayerd.store.report_queries import ReportQueries
+from tracklayerd.store.status_queries import StatusQueries
 from tracklayerd.store.writer import BulkInsert, Writer
 
 log = logging.getLogger("tracklayerd.store")
@@ -75,7 +77,7 @@ FULL_FRACTION = 0.98
 QUEUED_SQL = "(" + ", ".join(f"'{status}'" for status in QUEUED) + ")"
 
 
-class SQLiteStore:
+class SQLiteStore(ReportQueries, StatusQueries):
     def __init__(
         self,
         path: str | Path,

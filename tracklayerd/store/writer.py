@@ -97,6 +97,8 @@ class Writer:
         # Set from the loop, read by the writer between groups: finish a WAL checkpoint.
         self.checkpoint_tail_wanted = False
         self.stats = WriterStats()
+        # Called on the writer thread with each group's commit time (tracklayerd.metrics).
+        self.on_commit_secs: Callable[[float], None] | None = None
 
     def start(self) -> None:
         ready: asyncio.Future[None] = self._loop.create_future()
@@ -246,6 +248,8 @@ class Writer:
             self.stats.rows_since_checkpoint += rows
             self.stats.last_error = None
         self.stats.last_commit_secs = time.perf_counter() - started
+        if self.on_commit_secs is not None:
+            self.on_commit_secs(self.stats.last_commit_secs)
         self._loop.call_soon_threadsafe(self._resolve, outcomes, rows)
 
     def _commit_fast(
