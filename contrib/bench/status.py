@@ -15,9 +15,9 @@ what a running tracklayerd leaves behind. The mix, over `--days` ending now:
 * two sources (web, shop); ~92 % accepted, 3 % dropped by shop's allowlist, 3 % duplicates,
   2 % invalid; purchases, leads, sign-ups, add-to-carts and page views, a share of them
   without an explicit event id; a few hundred ingest rejects;
-* a live Meta destination: ~96 % delivered (0.2-4 s after processing), ~2 % dead (Meta
-  errors), ~2 % suppressed by consent (GB customers without marketing consent); the last
-  hour's batches are left retrying or pending;
+* a live Meta destination: ~92 % delivered (0.2-4 s after processing), ~2 % dead (Meta
+  errors), ~6 % suppressed by consent (GB customers without marketing consent); 30 % of
+  the last hour's deliveries are left retrying;
 * an observe-mode webhook destination (every accepted event: observed).
 
 Then the app serves the store (no processor or scheduler running) and each page is fetched

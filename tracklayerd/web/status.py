@@ -60,8 +60,8 @@ WARNINGS = 5
 WARNING_SCAN = 2000
 LATENCY_SAMPLE = 1000
 # Match quality and cross-source overlaps are summarised over at most this many of the
-# latest events: those queries read table rows, and a sample this size puts a share within about
-# a percentage point.
+# latest events: those queries read table rows, and a sample this size puts a share within
+# about a percentage point.
 SAMPLE_EVENTS = 5000
 # The parallel-validation summary reads every event body it counts: a smaller sample.
 VALIDATION_EVENTS = 2000
@@ -162,7 +162,8 @@ def _source(source_id: str, source_type: str | None, counts: Sequence[EventCount
         if c.hour in received:
             received[c.hour] += c.count
         if c.status == "dropped":
-            dropped[c.name or "(none)"] += c.count
+            # A sender's own event name, which could be anything.
+            dropped[redact_text(c.name or "(none)")] += c.count
         if c.status == "accepted" and c.name in CONVERSIONS:
             pair = conversions[c.name]
             pair[0] += c.count
@@ -278,7 +279,7 @@ async def _destination(
         "dedup": {"ledger_suppressed": ledger},
         "dead_letters": [
             {"event": d.event_row, "trace": f"/-/events/{d.event_row}", "source": d.source,
-             "name": d.name, "at": iso(d.at), "attempts": d.attempts,
+             "name": _text(d.name), "at": iso(d.at), "attempts": d.attempts,
              "reason": _text(d.reason)}
             for d in dead
         ],
