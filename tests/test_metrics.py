@@ -137,8 +137,9 @@ async def run_pipeline(
     scheduler = client.app[SCHEDULER]
     fake.respond_next(500, b"upstream error")
     await scheduler.run_until_idle()
+    clock.t += 30  # the failed deliveries have now waited 30 s
     _, between = await scrape(client, **scrape_headers)
-    clock.t += 120  # past the backoff
+    clock.t += 90  # past the backoff
     await scheduler.run_until_idle()
     return between
 
@@ -154,6 +155,8 @@ async def test_metrics_count_a_run_through_the_real_pipeline_exactly(
 
     between = await run_pipeline(client, fake, clock)
     assert series(between, "tracklayerd_queue_depth", "destination") == {("meta",): 2.0}
+    assert series(between, "tracklayerd_oldest_pending_age_seconds", "destination") == {
+        ("meta",): pytest.approx(30.0)}
     assert series(between, "tracklayerd_platform_requests_total", "destination", "status") == {
         ("meta", "500"): 1.0}
 

@@ -278,6 +278,9 @@ class Store(Protocol):
     async def next_due(self, destination: str) -> float | None:
         """When the earliest queued delivery of `destination` is due (None: none queued)."""
 
+    async def queue_summary(self) -> dict[str, tuple[int, float | None]]:
+        """Per destination: deliveries waiting to be sent, and when the oldest was created."""
+
     async def requeue(
         self, destination: str, statuses: Sequence[str], since: float | None, now: float,
         rebuild: bool = False, limit: int | None = None, force: bool = False,

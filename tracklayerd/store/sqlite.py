@@ -595,6 +595,13 @@ class SQLiteStore(ReportQueries, StatusQueries):
 
         await self.writer.run(job, rows=len(rows))
 
+    async def queue_summary(self) -> dict[str, tuple[int, float | None]]:
+        # Walks the queued rows only (the partial index): cheap unless a backlog is huge.
+        rows = await self._fetchall(
+            "SELECT destination, count(*), min(coalesce(created_at, updated_at))"
+            f" FROM deliveries WHERE status IN {QUEUED_SQL} GROUP BY destination", ())
+        return {r[0]: (int(r[1]), None if r[2] is None else float(r[2])) for r in rows}
+
     async def next_due(self, destination: str) -> float | None:
         rows = await self._fetchall(
             "SELECT min(next_attempt_at) FROM deliveries"
