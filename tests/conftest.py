@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,14 @@ def purchase(event_id: str = "ord-1-purchase", **fields: Any) -> dict[str, Any]:
     }
     event.update(fields)
     return event
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI points the root logger at click's captured stderr, which closes after the
+    run: put the test session's logging back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

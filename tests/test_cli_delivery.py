@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,14 +32,8 @@ WRITE_KEY = "wk-cli-1"
 WEB_TOKEN = "web-token-1"
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    # The CLI points the root logger at click's captured stderr, which closes after the run.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+# The CLI runs in these tests and takes over logging (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def write_config(tmp_path: Path, body: str) -> Path:

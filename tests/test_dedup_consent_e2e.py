@@ -12,10 +12,8 @@ import base64
 import hashlib
 import hmac
 import json
-import logging
 import re
 import signal
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -55,14 +53,8 @@ DUPLICATE_REASON = re.compile(
     r"first received \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)")
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    # The CLI points the root logger at click's captured stderr, which closes after the run.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+# The CLI runs in these tests and takes over logging (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 # --- inputs ------------------------------------------------------------------------------

@@ -9,9 +9,7 @@ import asyncio
 import csv
 import io
 import json
-import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,14 +54,8 @@ CSV_LINES = {"0999": 2, "1001": 3, "1002": 4, "1003": 5, "1004": 6, "1005": 7, "
 NDJSON_LINES = {**CSV_LINES, "1002": 3}
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    # The CLI points the root logger at click's captured stderr, which closes after the run.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+# The CLI runs in these tests and takes over logging (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 # --- the rig: one live and one observe destination, filled through the pipeline ----------

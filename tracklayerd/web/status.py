@@ -17,7 +17,6 @@ import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -42,6 +41,7 @@ from tracklayerd.store.base import (
 from tracklayerd.web.auth import admin_only
 from tracklayerd.web.redact import redact, redact_text
 from tracklayerd.web.status_html import render_status
+from tracklayerd.web.trace import iso
 
 _HEADERS = {"Cache-Control": "no-store"}
 # The page is self-contained: no scripts, no external anything (as the trace page).
@@ -380,17 +380,6 @@ def _verbatim(response: str | None) -> str | None:
     if redacted == decoded:
         return response
     return msgspec.json.encode(redacted).decode()
-
-
-def iso(seconds: float | None) -> str | None:
-    """Unix seconds as the trace shows them: UTC, milliseconds, "Z"."""
-    if seconds is None:
-        return None
-    try:
-        moment = datetime.fromtimestamp(seconds, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _ok(answer: PlatformAnswer) -> bool:

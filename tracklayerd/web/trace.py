@@ -91,7 +91,7 @@ async def trace_document(store: Store, row: int) -> dict[str, Any] | None:
     if stored is not None and stored.body is not None:
         decoded = _json(stored.body)
         body = decoded if isinstance(decoded, dict) else None
-    received_at = _iso(inbox.received_at) if inbox is not None else None
+    received_at = iso(inbox.received_at) if inbox is not None else None
     if received_at is None and body is not None:
         received_at = body.get("received_at")
     if stored is not None:
@@ -126,7 +126,7 @@ def _input(inbox: InboxRecord | None) -> dict[str, Any] | None:
     return {
         "kind": inbox.kind,
         "message_id": _text(inbox.message_id),
-        "received_at": _iso(inbox.received_at),
+        "received_at": iso(inbox.received_at),
         "request_ip": None if inbox.request_ip is None else marker(IP),
         "payload": redact(payload) if payload is not _NOT_JSON
         else redact_text(inbox.payload.decode("utf-8", "replace")),
@@ -178,10 +178,10 @@ def _delivery(record: DeliveryRecord) -> dict[str, Any]:
         "destination": record.destination,
         "status": record.status,
         "attempt_count": record.attempts,
-        "next_attempt_at": _iso(record.next_attempt_at) if record.status in QUEUED else None,
+        "next_attempt_at": iso(record.next_attempt_at) if record.status in QUEUED else None,
         "reason": _text(record.reason),
-        "created_at": _iso(record.created_at),
-        "finished_at": _iso(record.finished_at),
+        "created_at": iso(record.created_at),
+        "finished_at": iso(record.finished_at),
         "match_quality": record.match_quality,
         "match_missing": record.match_missing,
         "warnings": [redact_text(w) for w in record.warnings],
@@ -200,7 +200,7 @@ def _attempt(attempt: AttemptRecord) -> dict[str, Any]:
         decoded = _json(response.encode("utf-8", "surrogateescape"))
         response = redact(decoded) if decoded is not _NOT_JSON else redact_text(response)
     return {
-        "at": _iso(attempt.at),
+        "at": iso(attempt.at),
         "outcome": attempt.outcome,
         "reason": _text(attempt.reason),
         "request": attempt.request,
@@ -235,7 +235,8 @@ def _text(value: Any) -> str | None:
     return None if value is None else redact_text(str(value))
 
 
-def _iso(seconds: float | None) -> str | None:
+def iso(seconds: float | None) -> str | None:
+    """Unix seconds as the introspection pages show them: UTC, milliseconds, "Z"."""
     if seconds is None:
         return None
     try:
