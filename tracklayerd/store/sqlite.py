@@ -62,6 +62,7 @@ CHECKPOINT_IDLE_SECS = 1.0
 REJECT_REASON_CHARS = 2000
 INBOX_TAG = "inbox"
 NODE_COLUMNS = "kind, value, person, first_seen, last_seen, first_event, last_event"
+NODE_COLUMNS_OF_N = ", ".join(f"n.{column}" for column in NODE_COLUMNS.split(", "))
 UPSERT_NODE = (
     f"INSERT INTO identity_nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (kind, value) DO UPDATE SET person = excluded.person,"
@@ -377,9 +378,12 @@ class SQLiteStore(ReportQueries, StatusQueries):
         unique = list(dict.fromkeys(keys))
         for chunk in _chunks(unique, 400):
             values = ",".join("(?, ?)" for _ in chunk)
+            # A join driven by the keys: `(kind, value) IN (VALUES ...)` makes SQLite scan
+            # the whole table for every chunk (quadratic as the graph grows).
             rows = await self._fetchall(
-                f"SELECT {NODE_COLUMNS} FROM identity_nodes WHERE (kind, value) IN"
-                f" (VALUES {values})", [part for key in chunk for part in key])
+                f"WITH k(kind, value) AS (VALUES {values}) SELECT {NODE_COLUMNS_OF_N}"
+                " FROM k CROSS JOIN identity_nodes AS n ON n.kind = k.kind"
+                " AND n.value = k.value", [part for key in chunk for part in key])
             for row in rows:
                 found[(row[0], row[1])] = IdentityNode(*row)
         persons = list({node.person for node in found.values()})
