@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, TypeVar
 import click
 import msgspec
 
-from tracklayerd import __version__
+from tracklayerd import __version__, threads
 from tracklayerd.config import (
     DEFAULT_DATA_DIR,
     Config,
@@ -38,6 +38,7 @@ UNAUTHENTICATED_BANNER = """\
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    threads.share_gil_with_store_threads()  # every command with a store runs through here
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -211,6 +212,27 @@ class Pipeline:
         return result
 
 
+@dataclass(slots=True)
+class Staged:
+    """A slice read and prepared: per record, its event (or final result) and identity keys."""
+
+    records: list[InboxRecord]
+    items: list[Event | ProcessedEvent]
+    keys: list[list[tuple[str, str]]]
+
+
+@dataclass(slots=True)
+class Completed:
+    results: list[ProcessedEvent]
+    identity: IdentityChanges | None
+
+
+@dataclass(slots=True)
+class Slices:
+    records: int = 0
+    last_secs: float = 0.0  # how long the last slice took (the processor yields to ingest)
+
+
 class Processor:
     def __init__(
         self, store: Store, pipeline: Pipeline,
@@ -238,45 +260,96 @@ class Processor:
 
     async def process_slice(self) -> int:
         """Process up to SLICE inbox records; returns how many."""
+        staged = await self._stage(await self._start())
+        if staged is None:
+            return 0
+        await self._commit(staged, await self._complete(staged))
+        return len(staged.records)
+
+    async def process_available(self, pause: Callable[[], bool] = lambda: False) -> Slices:
+        """Process slices back to back until the inbox is empty or `pause()` says so.
+
+        While one slice commits (on the store's writer thread), the next is read and
+        prepared: decoding, mapping and hashing identity keys need nothing from the store.
+        Everything that reads what earlier slices wrote (identity graph, dedup claims, the
+        ledger) waits for that commit, so the result is the same as one slice at a time.
+        """
+        done = Slices()
+        staged = await self._stage(await self._start())
+        while staged is not None:
+            started = time.perf_counter()
+            commit = asyncio.ensure_future(self._commit(staged, await self._complete(staged)))
+            following = None
+            try:
+                if not pause():
+                    following = await self._stage(staged.records[-1].seq)
+            finally:
+                await commit  # a failed commit discards the slice read ahead
+            done.records += len(staged.records)
+            done.last_secs = time.perf_counter() - started
+            staged = following
+        return done
+
+    async def _start(self) -> int:
         if self._position is None:
             self._position = await self._store.cursor(CURSOR)
-        records = await self._store.read_inbox(self._position, SLICE)
+        return self._position
+
+    async def _stage(self, after: int) -> Staged | None:
+        """Read the records after `after` and run the steps needing no stored state."""
+        records = await self._store.read_inbox(after, SLICE)
         if not records:
-            return 0
-        staged = [self._guarded(r, self._pipeline.prepare, r) for r in records]
-        changes = None
+            return None
+        items = [self._guarded(r, self._pipeline.prepare, r) for r in records]
         policy = self._pipeline.identity
-        if policy.enabled:
-            keys = [keys_of(item.user, policy.default_region) if isinstance(item, Event) else []
-                    for item in staged]
-            wanted = [key for event_keys in keys for key in event_keys]
+        keys: list[list[tuple[str, str]]] = []
+        for i, (record, item) in enumerate(zip(records, items, strict=True)):
+            found: list[tuple[str, str]] | ProcessedEvent = []
+            if policy.enabled and isinstance(item, Event):
+                found = self._guarded(record, keys_of, item.user, policy.default_region)
+            if isinstance(found, ProcessedEvent):  # hashing an identifier failed
+                items[i], found = found, []
+            keys.append(found)
+        return Staged(records=records, items=items, keys=keys)
+
+    async def _complete(self, staged: Staged) -> Completed:
+        """Stitch identities, deduplicate, consult the ledger and plan the deliveries."""
+        records, items = staged.records, staged.items
+        changes = None
+        if self._pipeline.identity.enabled:
+            policy = self._pipeline.identity
+            wanted = [key for event_keys in staged.keys for key in event_keys]
             graph = Graph.of(await self._store.load_identity(wanted) if wanted else [])
-            staged = [
+            items = [
                 self._guarded(r, stitch, item, r.seq, graph, policy, event_keys)
                 if isinstance(item, Event) else item
-                for r, item, event_keys in zip(records, staged, keys, strict=True)
+                for r, item, event_keys in zip(records, items, staged.keys, strict=True)
             ]
             changes = IdentityChanges(nodes=list(graph.changed.values()),
                                       relabels=graph.relabels)
-        staged = await self._deduplicate(records, staged)
-        delivered = await self._ledger(staged)
+        items = await self._deduplicate(records, items)
+        delivered = await self._ledger(items)
         results = [
             item if isinstance(item, ProcessedEvent)
             else self._guarded(r, self._pipeline.finish, r, item, delivered)
-            for r, item in zip(records, staged, strict=True)
+            for r, item in zip(records, items, strict=True)
         ]
         for r, result in zip(records, results, strict=True):
             if result.status == "accepted":
                 result.dedup_key = self._claims.get(r.seq)
         self._claims.clear()
-        await self._store.commit_processed(results, CURSOR, records[-1].seq, changes,
+        return Completed(results=results, identity=changes)
+
+    async def _commit(self, staged: Staged, done: Completed) -> None:
+        """Write the slice and move the cursor past it, in one transaction."""
+        last = staged.records[-1].seq
+        await self._store.commit_processed(done.results, CURSOR, last, done.identity,
                                            now=self._clock())
         if self._metrics is not None:
-            self._metrics.processed(results)
-        self._position = records[-1].seq
+            self._metrics.processed(done.results)
+        self._position = last
         if self._on_processed is not None:
             self._on_processed()
-        return len(records)
 
     async def _deduplicate(
         self, records: list[InboxRecord], staged: list[Event | ProcessedEvent]
@@ -363,17 +436,16 @@ class Processor:
     async def run_until_idle(self) -> int:
         """Process everything in the inbox now; returns the count (for tests and the CLI)."""
         total = 0
-        while n := await self.process_slice():
+        while n := (await self.process_available()).records:
             total += n
         return total
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
-            started = loop.time()
             try:
-                processed = await self.process_slice()
+                done = await self.process_available(pause=self._store.ingest_waiting)
+                processed = done.records
                 self._busy_since_idle |= bool(processed)
             except StoreUnavailable as exc:
                 log.warning("processor paused: %s; retrying in %.0f s", exc, RETRY_SECS)
@@ -392,7 +464,7 @@ class Processor:
                 # Senders are waiting for commits: acceptance comes first, since it is what
                 # makes an event safe. The processor keeps a share of the time (a backlog
                 # drains after the burst) instead of halving ingest throughput.
-                await asyncio.sleep(min((loop.time() - started) * YIELD_FACTOR, MAX_YIELD_SECS))
+                await asyncio.sleep(min(done.last_secs * YIELD_FACTOR, MAX_YIELD_SECS))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="tracklayerd-processor")

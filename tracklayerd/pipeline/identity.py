@@ -185,7 +185,8 @@ def _can_merge(graph: Graph, person: int, other: int, policy: IdentityConfig) ->
 def _enrich(event: Event, nodes: list[Node], when: float, policy: IdentityConfig) -> Event:
     updates: dict[str, str] = {}
     enriched = list(event.enriched)
-    for node in sorted(nodes, key=lambda n: -n.last_seen):
+    # Newest first; ties by kind, so the result does not depend on load order.
+    for node in sorted(nodes, key=lambda n: (-n.last_seen, n.kind)):
         if node.kind in NOT_BORROWED or node.kind in updates:
             continue
         if getattr(event.user, node.kind) is not None:
