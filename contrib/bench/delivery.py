@@ -101,7 +101,7 @@ def native_event(i: int, now: float) -> dict[str, Any]:
     return {
         "event": "purchase", "event_id": f"order-{i}", "timestamp": now - 30,
         "order_id": f"{i}", "value": 42.5, "currency": "EUR",
-        "user": {"email": f"Customer.{i}@Example.com", "phone": f"+44 7700 9{i % 100000:05d}",
+        "user": {"email": f"Customer.{i}@Example.com", "phone": f"+44 7911 1{i % 100000:05d}",
                  "first_name": "Ada", "last_name": "Lovelace", "city": "London",
                  "country": "GB", "external_id": f"cust-{i}",
                  "fbp": f"fb.1.1763000000000.{1000000 + i}",

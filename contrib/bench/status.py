@@ -94,7 +94,7 @@ def native(kind: str, i: int, now: float, *, explicit: bool, consent: bool) -> d
         "event": kind, "timestamp": now - 30,
         "user": {"email": f"customer.{i}@example.com", "external_id": f"cust-{i}",
                  "country": "GB" if i % 3 == 0 else "US",
-                 **({"phone": f"+44 7700 9{i % 100000:05d}"} if i % 2 else {}),
+                 **({"phone": f"+44 7911 1{i % 100000:05d}"} if i % 2 else {}),
                  **({"fbp": f"fb.1.1763000000000.{1000000 + i}"} if i % 4 else {})},
         "context": {"ip": "203.0.113.9", "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
                     "page_url": "https://shop.example/checkout/thanks"},

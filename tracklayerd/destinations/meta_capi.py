@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlencode
 
@@ -219,9 +220,9 @@ class MetaCapi:
         user_data: dict[str, Any] = dict(prepared.fields)
         ip = event.context.ip
         if ip:
-            try:
-                user_data["client_ip_address"] = str(ipaddress.ip_address(ip.strip()))
-            except ValueError:
+            if (address := _canonical_ip(ip.strip())) is not None:
+                user_data["client_ip_address"] = address
+            else:
                 warnings.append("context.ip is not an IPv4 or IPv6 address: not sent")
         if event.context.user_agent:
             user_data["client_user_agent"] = event.context.user_agent
@@ -338,6 +339,16 @@ class MetaCapi:
 
     async def close(self) -> None:
         await self._http.close()
+
+
+@lru_cache(maxsize=4096)
+def _canonical_ip(ip: str) -> str | None:
+    """The address in its canonical text form; None if it is none. Cached: parsing costs
+    ~20 µs and a visitor's events share their address."""
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return None
 
 
 def _region_country(event: Event) -> str | None:

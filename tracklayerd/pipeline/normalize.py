@@ -26,10 +26,10 @@ from functools import cache, lru_cache
 from typing import Any
 
 import msgspec
-import phonenumbers
 import pycountry
 
 from tracklayerd.events import Identity
+from tracklayerd.pipeline import phone
 from tracklayerd.pipeline.normalize_tables import (
     COUNTRY_ALIASES,
     DATE_FILLERS,
@@ -154,7 +154,8 @@ def _normalize_email(value: str, spec: Email) -> Normalized:
 
 
 def normalize_phone(value: str, spec: Phone, hints: Hints = NO_HINTS) -> Normalized:
-    """E.164 via libphonenumber: "+" numbers as they are, national ones read in hints.region.
+    """E.164 as libphonenumber reads it (pipeline/phone.py): "+" numbers as they are,
+    national ones read in hints.region.
 
     A national number with no region is dropped: "020 7946 0000" is London only if we know
     the person is in the UK, and hashing "2079460000" (what Meta's SDK does) is a mis-hash.
@@ -164,34 +165,15 @@ def normalize_phone(value: str, spec: Phone, hints: Hints = NO_HINTS) -> Normali
     if region is None and text.startswith("00"):
         # 00 is the ITU international prefix: "0044 20…" says its country itself.
         text = "+" + text[2:]
-    e164 = _e164(text, region)
-    if e164 == _NO_COUNTRY:
+    e164 = phone.e164(text, region)
+    if e164 == phone.NO_COUNTRY:
         return _drop(f"{_q(value)} has no country code and no region to read it in")
-    if e164 == _NOT_A_NUMBER:
+    if e164 == phone.NOT_A_NUMBER:
         return _drop(f"{_q(value)} is not a phone number")
-    if e164 == _INVALID:
+    if e164 == phone.INVALID:
         where = f" (read in {region})" if region and not text.startswith("+") else ""
         return _drop(f"{_q(value)} is not a valid phone number{where}")
     return _ok(e164 if spec.plus else e164.removeprefix("+"))
-
-
-_NO_COUNTRY, _NOT_A_NUMBER, _INVALID = "no-country", "not-a-number", "invalid"
-
-
-@lru_cache(maxsize=16384)
-def _e164(text: str, region: str | None) -> str:
-    """The E.164 form, or one of the failure markers above. Cached: libphonenumber's
-    validation costs ~50 µs, and one event's number is read for the identity graph and again
-    for each destination."""
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException as exc:
-        if region is None and exc.error_type == exc.INVALID_COUNTRY_CODE:
-            return _NO_COUNTRY
-        return _NOT_A_NUMBER
-    if not phonenumbers.is_valid_number(number):
-        return _INVALID
-    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
 # --- free text ----------------------------------------------------------------------------------
