@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 from collections.abc import Callable, Mapping
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -221,6 +221,7 @@ def _country(value: str | None) -> str | None:
     return region_of(value) if value else None
 
 
+@lru_cache(maxsize=4096)
 def _subdivision(country: str, value: str | None) -> str | None:
     if not value:
         return None

@@ -215,6 +215,7 @@ def _countries() -> dict[str, str]:
     return index | COUNTRY_ALIASES
 
 
+@lru_cache(maxsize=4096)
 def _country_code(value: str) -> str | None:
     key = _key(value)
     index = _countries()
@@ -421,6 +422,13 @@ def _prepare(raw: object, rule: Rule, platform: str, table: Platform, hints: Hin
     return result
 
 
+@lru_cache(maxsize=32768)
+def _prepare_text(raw: str, rule: Rule, platform: str, hints: Hints) -> Normalized:
+    """_prepare for a text value. Cached (results are frozen): names, cities, countries and
+    one person's identifiers repeat across events and destinations."""
+    return _prepare(raw, rule, platform, PLATFORMS[platform], hints)
+
+
 def region_of(*candidates: object) -> str | None:
     """The first candidate that names a country, as ISO 3166-1 alpha-2 ("United Kingdom" →
     "GB"); None when none does."""
@@ -457,7 +465,8 @@ def prepare_identity(
         if raw is None:
             continue
         try:
-            result = _prepare(raw, rule, platform, table, hints)
+            result = (_prepare_text(raw, rule, platform, hints) if isinstance(raw, str)
+                      else _prepare(raw, rule, platform, table, hints))
         except Exception as exc:  # one bad field must not cost the event its other identifiers
             result = _drop(f"could not be normalized ({type(exc).__name__})")
         if result.value is not None:
