@@ -53,6 +53,7 @@ class FakeClock:
 
 class ToyConfig(DestinationConfig, kw_only=True):
     max_events: int = 10
+    max_bytes: int | None = None
     max_age_secs: float | None = None
 
 
@@ -62,14 +63,17 @@ class Toy:
     def __init__(self, dest_id: str, config: ToyConfig, environment: Any) -> None:
         self.id = dest_id
         self.config = config
-        self.limits = Limits(max_events=config.max_events, max_age_secs=config.max_age_secs)
+        self.limits = Limits(max_events=config.max_events, max_bytes=config.max_bytes,
+                             max_age_secs=config.max_age_secs)
         self._http = HttpClient(concurrency=config.concurrency,
                                 timeout_secs=config.timeout_secs, user_agent="test")
 
     def encode(self, event: Event, consent: Any = None) -> Encoded:
         if event.properties.get("unsendable"):
             return Encoded(rejected="toy refuses unsendable events")
-        return Encoded(payload=msgspec.json.encode({"id": event.event_id}))
+        pad = event.properties.get("pad")
+        return Encoded(payload=msgspec.json.encode(
+            {"id": event.event_id, **({"pad": pad} if pad else {})}))
 
     def build_request(self, payloads: Sequence[bytes]) -> Request:
         assert self.config.endpoint is not None
@@ -101,6 +105,7 @@ class Platform:
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.sizes: list[int] = []  # request body bytes, of each accepted batch
         self.script: list[tuple[int, dict[str, str]]] = []
         self.bad: set[str] = set()
         self.hang = False
@@ -116,6 +121,7 @@ class Platform:
             status, headers = self.script.pop(0)
             return web.json_response({"error": "scripted"}, status=status, headers=headers)
         self.batches.append(ids)
+        self.sizes.append(len(await request.read()))
         self.changed.set()
         return web.json_response({"ok": True, "n": len(ids)})
 
@@ -188,6 +194,25 @@ async def rig_factory(tmp_path: Path) -> Any:
 
 def toy(url: str, **options: Any) -> dict[str, Any]:
     return {"type": "toy", "endpoint": url, **options}
+
+
+async def test_requests_stay_within_the_platforms_byte_limit(
+    rig_factory: Any, aiohttp_server: Any
+) -> None:
+    platform, url = await start_platform(aiohttp_server)
+    rig = await rig_factory({"p": toy(url, max_events=10, max_bytes=300)})
+    await rig.add(7, pad="x" * 40)  # {"id":"eN","pad":"xxx…"}: ~60 bytes each
+    await rig.add(1, pad="y" * 400)  # alone it is over the limit: the platform would refuse
+    await rig.add(2, pad="z" * 40)
+    assert await rig.scheduler.run_until_idle() == 10
+    assert platform.received() == ["e1", "e2", "e3", "e4", "e5", "e6", "e7", "e9", "e10"]
+    assert all(size <= 300 for size in platform.sizes)
+    assert len(platform.batches) == 3  # 4 + 4 + 1 fit; 10 events would not
+    assert await rig.statuses("p") == {"delivered": 9, "dead": 1}
+    (record,) = await rig.records(8)
+    assert record.status == "dead"
+    assert "over the platform's 300 bytes per request" in (record.reason or "")
+    assert [a.outcome for a in record.history] == ["filtered"]
 
 
 async def test_due_deliveries_go_out_in_batches_within_the_platform_limit(

@@ -203,11 +203,16 @@ class DestinationWorker:
                                               next_attempt_at=now, tried=False))
             else:
                 items.append(_Item(delivery, payload))
+        chunks, oversized = self._within_max_bytes(items)
+        for item, reason in oversized:
+            unsent.append(Attempt(delivery=item.delivery.id, outcome="filtered", reason=reason))
+            updates.append(DeliveryUpdate(id=item.delivery.id, status="dead", reason=reason,
+                                          next_attempt_at=now, tried=False))
         if unsent:
             exchanges.append(Exchange(destination=self.id, attempts=unsent, started_at=now,
                                       sent=False))
-        if items:
-            decided = await self._send(items, exchanges)
+        for chunk in chunks:
+            decided = await self._send(chunk, exchanges)
             updates.extend(self._decide(item.delivery, outcome) for item, outcome in decided)
         self.stats.delivered += sum(u.status == "delivered" for u in updates)
         self.stats.dead += sum(u.status == "dead" for u in updates)
@@ -234,6 +239,40 @@ class DestinationWorker:
         if encoded.payload is None:
             return None, f"rejected before sending: {encoded.rejected}"
         return encoded.payload, None
+
+    def _within_max_bytes(
+        self, items: list[_Item]
+    ) -> tuple[list[list[_Item]], list[tuple[_Item, str]]]:
+        """The batch in requests whose bodies stay within the platform's `max_bytes`, in
+        order; and the events too big to go in any request (the platform would refuse it)."""
+        limit = self.destination.limits.max_bytes
+        if limit is None or not items:
+            return ([items] if items else []), []
+        # What the request adds around its events, and per further event (a comma, say):
+        # measured on the destination's own request, so any body layout is counted.
+        sample = items[0].payload
+        one = len(self.destination.build_request([sample]).body)
+        two = len(self.destination.build_request([sample, sample]).body)
+        wrapper, separator = max(0, one - len(sample)), max(0, two - one - len(sample))
+        chunks: list[list[_Item]] = []
+        oversized: list[tuple[_Item, str]] = []
+        current: list[_Item] = []
+        size = wrapper
+        for item in items:
+            if wrapper + len(item.payload) > limit:
+                oversized.append((item, (
+                    f"the event's payload is {len(item.payload):,} bytes; with the request "
+                    f"around it that is over the platform's {limit:,} bytes per request")))
+                continue
+            added = len(item.payload) + (separator if current else 0)
+            if current and size + added > limit:
+                chunks.append(current)
+                current, size, added = [], wrapper, len(item.payload)
+            current.append(item)
+            size += added
+        if current:
+            chunks.append(current)
+        return chunks, oversized
 
     def _too_old_or_new(self, delivery: LeasedDelivery, now: float) -> str | None:
         limits = self.destination.limits
