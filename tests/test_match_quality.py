@@ -11,6 +11,7 @@ import pytest
 
 from tracklayerd.config import DestinationConfig, parse_config
 from tracklayerd.destinations.registry import registry
+from tracklayerd.errors import ConfigError
 from tracklayerd.events import Event, event_decoder
 from tracklayerd.ingest.segment_messages import BatchFields, prepare
 from tracklayerd.pipeline.quality import identifiers_present, score
@@ -33,7 +34,7 @@ async def test_each_delivery_carries_its_platforms_score_and_the_summary_aggrega
     tmp_path: Path,
 ) -> None:
     config = parse_config({"destinations": {
-        "meta": {"type": "plugin_meta"},
+        "meta": {"type": "plugin_meta", "mode": "observe"},  # it cannot send: no factory
         "hook": {"type": "webhook", "endpoint": "https://hooks.example/x"},
     }}, tmp_path)
     store = SQLiteStore(tmp_path / "db.sqlite3")
@@ -76,3 +77,12 @@ async def test_each_delivery_carries_its_platforms_score_and_the_summary_aggrega
     hook_rows = [await store.deliveries_for(s.id) for s in events]
     assert all(("hook", "pending") in r for r in hook_rows)
     await store.close()
+
+
+def test_a_type_that_cannot_send_is_refused_in_live_mode(tmp_path: Path) -> None:
+    # Its deliveries would wait forever with nothing to send them.
+    with pytest.raises(ConfigError, match=r"destinations\.meta: type 'plugin_meta' has no "
+                                          r"sending implementation.*observe"):
+        parse_config({"destinations": {"meta": {"type": "plugin_meta"}}}, tmp_path)
+    assert parse_config({"destinations": {"meta": {"type": "plugin_meta", "mode": "off"}}},
+                        tmp_path).destinations["meta"].mode == "off"

@@ -294,7 +294,7 @@ def _format_validation_error(exc: msgspec.ValidationError, prefix: str = "") -> 
 
 def parse_config(data: dict[str, Any], base_dir: Path) -> Config:
     """Validate a TOML document (already parsed) into a Config, or raise ConfigError."""
-    from tracklayerd.destinations.registry import destination_config_type
+    from tracklayerd.destinations.registry import destination_can_send, destination_config_type
 
     dec_hook = make_dec_hook(base_dir)
     data = dict(data)
@@ -310,6 +310,13 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> Config:
     config.destinations = _convert_components(
         "destinations", raw_destinations, destination_config_type, dec_hook
     )
+    for dest_id, destination in config.destinations.items():
+        if destination.mode == "live" and not destination_can_send(destination.type):
+            # Its deliveries would wait forever: nothing could ever send them.
+            raise ConfigError(
+                f"destinations.{dest_id}: type {destination.type!r} has no sending "
+                "implementation registered (only its config and platform); use "
+                'mode = "observe" or "off"')
     if config.consent.geoip_database is not None:
         geoip = Path(config.consent.geoip_database).expanduser()
         config.consent.geoip_database = str(geoip if geoip.is_absolute() else base_dir / geoip)

@@ -83,6 +83,11 @@ def destination_platform(type_name: str) -> str | None:
     return registry().platform(type_name)
 
 
+def destination_can_send(type_name: str) -> bool:
+    """Whether the type registered a factory (a Destination that sends)."""
+    return registry().factory(type_name) is not None
+
+
 def destination_config_type(type_name: str) -> type[DestinationConfig] | None:
     return registry().config_type(type_name)
 
