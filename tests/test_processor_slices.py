@@ -62,6 +62,7 @@ async def test_back_to_back_slices_equal_one_slice(
     await Processor(one, Pipeline(config)).process_slice()  # all 24 in one slice
 
     monkeypatch.setattr(processor_module, "SLICE", 4)
+    monkeypatch.setattr(processor_module, "YIELD_EVERY", 3)  # turns for the loop mid-slice
     many = await filled(tmp_path / "many.sqlite3")
     processor = Processor(many, Pipeline(config))
     assert (await processor.process_available()).records == 24

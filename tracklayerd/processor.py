@@ -46,6 +46,8 @@ consent_encoder = msgspec.json.Encoder()
 
 CURSOR = "processor"
 SLICE = 500
+# Records processed between two turns of the event loop (each ~0.1-0.3 ms of CPU).
+YIELD_EVERY = 32
 RETRY_SECS = 1.0
 # Under ingest load the processor sleeps this many times as long as its last slice took,
 # i.e. it keeps about 1 / (1 + YIELD_FACTOR) of the time.
@@ -300,17 +302,20 @@ class Processor:
         records = await self._store.read_inbox(after, SLICE)
         if not records:
             return None
-        items = [self._guarded(r, self._pipeline.prepare, r) for r in records]
         policy = self._pipeline.identity
-        keys: list[list[tuple[str, str]]] = []
-        for i, (record, item) in enumerate(zip(records, items, strict=True)):
-            found: list[tuple[str, str]] | ProcessedEvent = []
-            if policy.enabled and isinstance(item, Event):
-                found = self._guarded(record, keys_of, item.user, policy.default_region)
+
+        def prepare(record: InboxRecord) -> tuple[Event | ProcessedEvent, list[tuple[str, str]]]:
+            item = self._guarded(record, self._pipeline.prepare, record)
+            if not policy.enabled or not isinstance(item, Event):
+                return item, []
+            found = self._guarded(record, keys_of, item.user, policy.default_region)
             if isinstance(found, ProcessedEvent):  # hashing an identifier failed
-                items[i], found = found, []
-            keys.append(found)
-        return Staged(records=records, items=items, keys=keys)
+                return found, []
+            return item, found
+
+        prepared = await _each(records, prepare)
+        return Staged(records=records, items=[item for item, _ in prepared],
+                      keys=[keys for _, keys in prepared])
 
     async def _complete(self, staged: Staged) -> Completed:
         """Stitch identities, deduplicate, consult the ledger and plan the deliveries."""
@@ -320,20 +325,30 @@ class Processor:
             policy = self._pipeline.identity
             wanted = [key for event_keys in staged.keys for key in event_keys]
             graph = Graph.of(await self._store.load_identity(wanted) if wanted else [])
-            items = [
-                self._guarded(r, stitch, item, r.seq, graph, policy, event_keys)
-                if isinstance(item, Event) else item
-                for r, item, event_keys in zip(records, items, staged.keys, strict=True)
-            ]
+            stitched = iter(items)
+            keys = iter(staged.keys)
+
+            def join(record: InboxRecord) -> Event | ProcessedEvent:
+                item, event_keys = next(stitched), next(keys)
+                if not isinstance(item, Event):
+                    return item
+                return self._guarded(record, stitch, item, record.seq, graph, policy,
+                                     event_keys)
+
+            items = await _each(records, join)
             changes = IdentityChanges(nodes=list(graph.changed.values()),
                                       relabels=graph.relabels)
         items = await self._deduplicate(records, items)
         delivered = await self._ledger(items)
-        results = [
-            item if isinstance(item, ProcessedEvent)
-            else self._guarded(r, self._pipeline.finish, r, item, delivered)
-            for r, item in zip(records, items, strict=True)
-        ]
+        planned = iter(items)
+
+        def plan(record: InboxRecord) -> ProcessedEvent:
+            item = next(planned)
+            if isinstance(item, ProcessedEvent):
+                return item
+            return self._guarded(record, self._pipeline.finish, record, item, delivered)
+
+        results = await _each(records, plan)
         for r, result in zip(records, results, strict=True):
             if result.status == "accepted":
                 result.dedup_key = self._claims.get(r.seq)
@@ -476,3 +491,14 @@ class Processor:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+
+
+async def _each(records: list[InboxRecord], step: Callable[[InboxRecord], T]) -> list[T]:
+    """`step` over the records, giving the event loop a turn every YIELD_EVERY records: a
+    slice is ~100 ms of CPU, and requests waiting that long would be the ingest p99."""
+    results: list[T] = []
+    for index, record in enumerate(records):
+        if index and not index % YIELD_EVERY:
+            await asyncio.sleep(0)
+        results.append(step(record))
+    return results
