@@ -262,12 +262,14 @@ def drain(data_dir: Path, port: int, n: int, concurrency: int) -> tuple[float, i
                     if line.startswith("VmHWM:"):
                         peak = int(line.split()[1])
             conn = sqlite3.connect(store_path, timeout=30)
-            try:
-                done, queued = conn.execute(
-                    "SELECT count(*) FILTER (WHERE status = 'delivered'), count(*) FILTER"
-                    " (WHERE status IN ('pending', 'retrying', 'in_flight')) FROM deliveries"
-                ).fetchone()
-                processed = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            try:  # the status page's totals and the cursor: counting rows would cost CPU
+                totals = dict(conn.execute(
+                    "SELECT status, deliveries FROM status_delivery_totals"
+                    " WHERE destination = 'meta'").fetchall())
+                done = totals.get("delivered", 0)
+                queued = sum(totals.get(s, 0) for s in ("pending", "retrying", "in_flight"))
+                processed = (conn.execute("SELECT position FROM cursors WHERE name = ?",
+                                          (CURSOR,)).fetchone() or (0,))[0]
             finally:
                 conn.close()
             print(f"  drain: {done:,} / {n:,} delivered, peak RSS {peak / 1024:.0f} MiB",
