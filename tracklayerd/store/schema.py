@@ -1,6 +1,7 @@
 """SQLite schema: numbered migrations applied in order, tracked by ``PRAGMA user_version``.
 
-Append a migration; never edit one that has shipped. Each runs in the writer's transaction.
+Append a migration; never edit one that has shipped. They run in one transaction, with
+foreign keys off (upgrade()).
 """
 
 from __future__ import annotations
@@ -275,6 +276,108 @@ MIGRATIONS: list[str] = [
         GROUP BY 1, 2, 3, 4;
     DROP INDEX deliveries_destination_status;
     """,
+    # 8: a delivery row is rewritten at every change of state (leased, attempted), and with
+    # the payload (~1 KB), warnings and consent decision (~200 B) in it, every rewrite copied
+    # ~1.3 KB and pages of three rows. Those are written once: they move to delivery_details
+    # (one row per delivery that has any, same id), and the row keeps what changes or is
+    # counted, ~120 bytes. The consent decision's outcome (the report) and, when it
+    # suppressed the delivery, its rule (the status counters) stay on the row. Rebuilt
+    # rather than altered (SQLite's procedure for changing a table; migrations run with
+    # foreign keys off, see upgrade()), so an upgraded store gets dense pages as well.
+    """
+    CREATE TABLE delivery_details (
+        id INTEGER PRIMARY KEY REFERENCES deliveries (id) ON DELETE CASCADE,
+        payload BLOB,                          -- this event's element of the batch
+        warnings TEXT,                         -- newline-separated
+        consent TEXT                           -- the consent decision (JSON)
+    );
+    INSERT INTO delivery_details (id, payload, warnings, consent)
+        SELECT id, payload, warnings, consent FROM deliveries
+        WHERE payload IS NOT NULL OR warnings IS NOT NULL OR consent IS NOT NULL;
+    CREATE TABLE deliveries_new (
+        id INTEGER PRIMARY KEY,
+        event_row INTEGER NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        destination TEXT NOT NULL,
+        status TEXT NOT NULL,                  -- pending | in_flight | delivered | retrying
+                                               -- | dead | suppressed | observed
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,         -- in_flight: when the lease expires
+        lease_until REAL,
+        last_reason TEXT,
+        updated_at REAL NOT NULL,
+        match_quality REAL,
+        match_missing TEXT,                    -- space-separated kinds
+        created_at REAL,                       -- the retry horizon counts from here
+        occurred_at REAL,                      -- the event's time (platform age limits)
+        finished_at REAL,                      -- set in terminal states, NULL in queued ones
+        consent_outcome TEXT,                  -- allowed | limited | suppressed; NULL: none
+        consent_rule TEXT,                     -- the rule, when the outcome is suppressed
+        UNIQUE (event_row, destination)
+    );
+    INSERT INTO deliveries_new (id, event_row, destination, status, attempts, next_attempt_at,
+            lease_until, last_reason, updated_at, match_quality, match_missing, created_at,
+            occurred_at, finished_at, consent_outcome, consent_rule)
+        SELECT id, event_row, destination, status, attempts, next_attempt_at, lease_until,
+            last_reason, updated_at, match_quality, match_missing, created_at, occurred_at,
+            finished_at, CASE WHEN json_valid(consent) THEN json_extract(consent, '$.outcome') END,
+            CASE WHEN json_valid(consent) AND json_extract(consent, '$.outcome') = 'suppressed'
+                THEN coalesce(json_extract(consent, '$.rule'), '?') END
+        FROM deliveries ORDER BY id;
+    -- Its indexes and triggers go with it. Foreign keys are off: nothing cascades, and the
+    -- tables referring to deliveries (attempts, delivery_details) refer to the new one once
+    -- it has the name.
+    DROP TABLE deliveries;
+    ALTER TABLE deliveries_new RENAME TO deliveries;
+    CREATE INDEX deliveries_queue ON deliveries (destination, next_attempt_at)
+        WHERE status IN ('pending', 'retrying', 'in_flight');
+    CREATE INDEX deliveries_finished ON deliveries (destination, status, finished_at, created_at);
+    -- Migration 7's counters, as they were, with the rule read from consent_rule.
+    CREATE TRIGGER status_delivery_insert AFTER INSERT ON deliveries BEGIN
+        INSERT INTO status_delivery_totals VALUES (NEW.destination, NEW.status, 1)
+            ON CONFLICT (destination, status) DO UPDATE SET deliveries = deliveries + 1;
+    END;
+    CREATE TRIGGER status_delivery_insert_finished AFTER INSERT ON deliveries
+        WHEN NEW.finished_at IS NOT NULL BEGIN
+        INSERT INTO status_delivery_hours VALUES (
+            CAST(NEW.finished_at / 3600 AS INTEGER) * 3600, NEW.destination, NEW.status,
+            CASE WHEN NEW.status = 'suppressed' THEN coalesce(NEW.consent_rule, '') ELSE '' END,
+            1) ON CONFLICT (hour, destination, status, rule) DO UPDATE
+            SET deliveries = deliveries + 1;
+    END;
+    CREATE TRIGGER status_delivery_state AFTER UPDATE OF status ON deliveries
+        WHEN OLD.status IS NOT NEW.status BEGIN
+        UPDATE status_delivery_totals SET deliveries = deliveries - 1
+            WHERE destination = OLD.destination AND status = OLD.status;
+        INSERT INTO status_delivery_totals VALUES (NEW.destination, NEW.status, 1)
+            ON CONFLICT (destination, status) DO UPDATE SET deliveries = deliveries + 1;
+    END;
+    CREATE TRIGGER status_delivery_finish AFTER UPDATE OF status, finished_at ON deliveries
+        WHEN (OLD.finished_at IS NOT NULL OR NEW.finished_at IS NOT NULL)
+        AND (OLD.status IS NOT NEW.status OR OLD.finished_at IS NOT NEW.finished_at) BEGIN
+        UPDATE status_delivery_hours SET deliveries = deliveries - 1
+            WHERE OLD.finished_at IS NOT NULL
+            AND hour = CAST(OLD.finished_at / 3600 AS INTEGER) * 3600
+            AND destination = OLD.destination AND status = OLD.status
+            AND rule = CASE WHEN OLD.status = 'suppressed'
+                THEN coalesce(OLD.consent_rule, '') ELSE '' END;
+        INSERT INTO status_delivery_hours SELECT
+            CAST(NEW.finished_at / 3600 AS INTEGER) * 3600, NEW.destination, NEW.status,
+            CASE WHEN NEW.status = 'suppressed' THEN coalesce(NEW.consent_rule, '') ELSE '' END,
+            1 WHERE NEW.finished_at IS NOT NULL
+            ON CONFLICT (hour, destination, status, rule) DO UPDATE
+            SET deliveries = deliveries + 1;
+    END;
+    CREATE TRIGGER status_delivery_delete AFTER DELETE ON deliveries BEGIN
+        UPDATE status_delivery_totals SET deliveries = deliveries - 1
+            WHERE destination = OLD.destination AND status = OLD.status;
+        UPDATE status_delivery_hours SET deliveries = deliveries - 1
+            WHERE OLD.finished_at IS NOT NULL
+            AND hour = CAST(OLD.finished_at / 3600 AS INTEGER) * 3600
+            AND destination = OLD.destination AND status = OLD.status
+            AND rule = CASE WHEN OLD.status = 'suppressed'
+                THEN coalesce(OLD.consent_rule, '') ELSE '' END;
+    END;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -285,8 +388,39 @@ def current_version(conn: sqlite3.Connection) -> int:
     return version
 
 
+SECURE_DELETE = {0: "OFF", 1: "ON", 2: "FAST"}
+
+
+def upgrade(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Bring the schema to SCHEMA_VERSION in one transaction of its own; (from, to).
+
+    Foreign keys are off meanwhile (SQLite cannot change that inside a transaction): a
+    migration that rebuilds a table drops the old one, which with them on would delete
+    every row referring to it. Each migration keeps the references whole itself. Dropped
+    pages are overwritten (secure_delete): the old copy of a rebuilt table must not linger
+    in free pages, or a later erasure (forget) would leave it behind.
+    """
+    enforced = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+    secure = conn.execute("PRAGMA secure_delete").fetchone()[0]
+    conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute("PRAGMA secure_delete = ON")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            versions = migrate(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.execute(f"PRAGMA secure_delete = {SECURE_DELETE.get(secure, 'ON')}")
+        conn.execute(f"PRAGMA foreign_keys = {'ON' if enforced else 'OFF'}")
+    return versions
+
+
 def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
-    """Bring the schema to SCHEMA_VERSION inside the caller's transaction.
+    """Bring the schema to SCHEMA_VERSION inside the caller's transaction (see upgrade()).
 
     Returns (from, to). Refuses a database written by a newer tracklayerd.
     """

@@ -9,7 +9,8 @@ reader sets busy_timeout and query_only):
   fsync over every request waiting in the group.
 * ``busy_timeout``: how long a write waits for a lock held by another process (a backup,
   the CLI) before the request gets 503.
-* ``foreign_keys=ON``: deliveries go when their event goes.
+* ``foreign_keys=ON``: deliveries go when their event goes, and a delivery's details and
+  attempts with it. Set once migrations have run (schema.upgrade runs them without).
 * ``wal_autocheckpoint`` is raised to a safety valve; checkpoints normally run on a separate
   connection in the background, so WAL copying never stalls a request's COMMIT (the p99 trap
   in reference/performance.md §4).
@@ -21,6 +22,7 @@ reader sets busy_timeout and query_only):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
@@ -31,7 +33,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from tracklayerd.errors import StartupError, StoreUnavailable
-from tracklayerd.store import schema
+from tracklayerd.store import batch, schema
 from tracklayerd.store.base import (
     QUEUED,
     AttemptRecord,
@@ -63,12 +65,52 @@ REJECT_REASON_CHARS = 2000
 INBOX_TAG = "inbox"
 NODE_COLUMNS = "kind, value, person, first_seen, last_seen, first_event, last_event"
 NODE_COLUMNS_OF_N = ", ".join(f"n.{column}" for column in NODE_COLUMNS.split(", "))
-UPSERT_NODE = (
-    f"INSERT INTO identity_nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+UPSERT_NODES = (
+    f"INSERT INTO identity_nodes ({NODE_COLUMNS}) VALUES {{values}}"
     " ON CONFLICT (kind, value) DO UPDATE SET person = excluded.person,"
     " last_seen = max(last_seen, excluded.last_seen),"
     " last_event = CASE WHEN excluded.last_seen >= last_seen THEN excluded.last_event"
     " ELSE last_event END"
+)
+INSERT_EVENTS = (
+    "INSERT OR IGNORE INTO events (id, source, event_id, name, status, reason, occurred_at,"
+    " received_at, body, duplicate_of, explicit_id) VALUES {values}"
+)
+UPSERT_KEYS = (
+    "INSERT INTO dedup_keys (key, event_row, source, seen_at) VALUES {values}"
+    " ON CONFLICT (key) DO UPDATE SET event_row = excluded.event_row,"
+    " source = excluded.source, seen_at = excluded.seen_at"
+)
+# RETURNING: the new rows only (a delivery already stored keeps its details).
+INSERT_DELIVERIES = (
+    "INSERT OR IGNORE INTO deliveries (event_row, destination, status, next_attempt_at,"
+    " last_reason, updated_at, match_quality, match_missing, created_at, occurred_at,"
+    " finished_at, consent_outcome, consent_rule) VALUES {values}"
+    " RETURNING id, event_row, destination"
+)
+INSERT_DETAILS = (
+    "INSERT INTO delivery_details (id, payload, warnings, consent) VALUES {values}"
+)
+# The request's id is the first parameter (known once the request row is in).
+INSERT_ATTEMPTS = (
+    "INSERT INTO attempts (delivery, request, at, outcome, reason)"
+    " SELECT v.column1, r.request, v.column2, v.column3, v.column4"
+    " FROM (SELECT ? AS request) AS r, (VALUES {values}) AS v"
+)
+# Deliveries given the same new state (a batch the platform accepted) in one statement, the
+# ids as a JSON array; the others (retries, each with its own backoff) row by row, in a VALUES
+# list.
+FINISH_DELIVERIES = (
+    "UPDATE deliveries SET status = ?, attempts = attempts + ?, next_attempt_at = ?,"
+    " last_reason = ?, updated_at = ?, finished_at = ?, lease_until = NULL"
+    " WHERE id IN (SELECT value FROM json_each(?))"
+)
+FINISH_EACH_DELIVERY = (
+    "WITH u (id, status, tried, next_attempt_at, reason, updated_at, finished_at)"
+    " AS (VALUES {values}) UPDATE deliveries SET status = u.status,"
+    " attempts = attempts + u.tried, next_attempt_at = u.next_attempt_at,"
+    " last_reason = u.reason, updated_at = u.updated_at, finished_at = u.finished_at,"
+    " lease_until = NULL FROM u WHERE deliveries.id = u.id"
 )
 INSERT_INBOX = (
     "INSERT OR IGNORE INTO inbox (source, message_id, kind, received_at, request_ip, payload)"
@@ -103,6 +145,8 @@ class SQLiteStore(ReportQueries, StatusQueries):
         self._checkpoint_timer: asyncio.TimerHandle | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._migrated = (0, 0)
+        self._max_params = batch.DEFAULT_MAX_PARAMS
         self.checkpoints = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -122,8 +166,8 @@ class SQLiteStore(ReportQueries, StatusQueries):
             on_commit=self._after_commit,
         )
         self._writer.start()
-        await self._writer.wait_ready()
-        before, after = await self._writer.run(schema.migrate, rows=0)
+        await self._writer.wait_ready()  # the schema is migrated by then (_connect_writer)
+        before, after = self._migrated
         if before != after:
             log.info("store schema migrated from version %d to %d", before, after)
         self._reader = await aiosqlite.connect(self.path)
@@ -144,16 +188,23 @@ class SQLiteStore(ReportQueries, StatusQueries):
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_AUTOCHECKPOINT_PAGES}")
-        conn.execute("PRAGMA journal_size_limit = 67108864")
-        conn.execute("PRAGMA temp_store = MEMORY")
-        if self._max_db_bytes:
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            conn.execute(f"PRAGMA max_page_count = {max(1, self._max_db_bytes // page_size)}")
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_AUTOCHECKPOINT_PAGES}")
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            if self._max_db_bytes:
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {max(1, self._max_db_bytes // page_size)}")
+            # Migrations run with foreign keys off (schema.upgrade), before any job.
+            self._migrated = schema.upgrade(conn)
+            self._max_params = batch.max_params(conn)
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def healthy(self) -> bool:
@@ -285,62 +336,60 @@ class SQLiteStore(ReportQueries, StatusQueries):
         identity: IdentityChanges | None = None, now: float | None = None,
     ) -> None:
         now = time.time() if now is None else now
+        limit = self._max_params
 
-        # An event's id is its inbox seq, so a slice is two executemany calls, and a slice
-        # processed twice (crash between commit and cursor) changes nothing the second time.
-        event_rows = [
+        # An event's id is its inbox seq, so a slice processed twice (replayed, or retried
+        # after a failed commit) changes nothing the second time. The statements are built
+        # here, on the event loop: the writer thread only runs them.
+        events_sql = batch.statements(INSERT_EVENTS, [
             (ev.inbox_seq, ev.source, ev.event_id, ev.name, ev.status, ev.reason,
              ev.occurred_at, ev.received_at, ev.body, ev.duplicate_of, int(ev.explicit_id))
             for ev in events
-        ]
-        key_rows = [(ev.dedup_key, ev.inbox_seq, ev.source, ev.received_at)
-                    for ev in events if ev.dedup_key is not None]
-        delivery_rows = [
-            (ev.inbox_seq, d.destination, d.status, now, d.reason, now, d.match_quality,
-             " ".join(d.match_missing) or None, d.payload, "\n".join(d.warnings) or None,
-             now, ev.occurred_at, None if d.status in QUEUED else now,
-             None if d.consent is None else d.consent.decode())
-            for ev in events for d in ev.deliveries
-        ]
-        node_rows = [] if identity is None else [
+        ], limit)
+        keys_sql = batch.statements(UPSERT_KEYS, [
+            (ev.dedup_key, ev.inbox_seq, ev.source, ev.received_at)
+            for ev in events if ev.dedup_key is not None
+        ], limit)
+        delivery_rows: list[tuple[Any, ...]] = []
+        details: dict[tuple[int, str], tuple[bytes | None, str | None, str | None]] = {}
+        for ev in events:
+            for d in ev.deliveries:
+                outcome, rule = batch.consent_columns(d.consent)
+                delivery_rows.append((
+                    ev.inbox_seq, d.destination, d.status, now, d.reason, now, d.match_quality,
+                    " ".join(d.match_missing) or None, now, ev.occurred_at,
+                    None if d.status in QUEUED else now, outcome, rule))
+                warnings = "\n".join(d.warnings) or None
+                if d.payload is not None or warnings is not None or d.consent is not None:
+                    details[(ev.inbox_seq, d.destination)] = (
+                        d.payload, warnings, None if d.consent is None else d.consent.decode())
+        deliveries_sql = batch.statements(INSERT_DELIVERIES, delivery_rows, limit)
+        nodes = [] if identity is None else identity.nodes
+        nodes_sql = batch.statements(UPSERT_NODES, [
             (n.kind, n.value, n.person, n.first_seen, n.last_seen, n.first_event, n.last_event)
-            for n in identity.nodes
-        ]
+            for n in nodes
+        ], limit)
+        relabels = [] if identity is None else [(new, old) for old, new in identity.relabels]
 
         def job(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT OR IGNORE INTO events (id, source, event_id, name, status,"
-                " reason, occurred_at, received_at, body, duplicate_of, explicit_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                event_rows,
-            )
-            if key_rows:
-                # Only first claims (or claims after the window) reach here.
-                conn.executemany(
-                    "INSERT INTO dedup_keys (key, event_row, source, seen_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (key) DO UPDATE SET event_row = excluded.event_row,"
-                    " source = excluded.source, seen_at = excluded.seen_at", key_rows)
-            if delivery_rows:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO deliveries (event_row, destination, status,"
-                    " next_attempt_at, last_reason, updated_at, match_quality, match_missing,"
-                    " payload, warnings, created_at, occurred_at, finished_at, consent)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    delivery_rows,
-                )
-            if identity is not None:
-                conn.executemany("UPDATE identity_nodes SET person = ? WHERE person = ?",
-                                 [(new, old) for old, new in identity.relabels])
-                conn.executemany(UPSERT_NODE, node_rows)
+            batch.run(conn, events_sql)
+            batch.run(conn, keys_sql)  # only first claims (or claims after the window)
+            added = batch.run(conn, deliveries_sql)
+            if details:
+                batch.run(conn, batch.statements(INSERT_DETAILS, [
+                    (delivery, *details[(row, destination)])
+                    for delivery, row, destination in added if (row, destination) in details
+                ], limit))
+            if relabels:
+                conn.executemany("UPDATE identity_nodes SET person = ? WHERE person = ?", relabels)
+            batch.run(conn, nodes_sql)
             conn.execute(
                 "INSERT INTO cursors (name, position) VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
                 (cursor_name, position),
             )
 
-        await self.writer.run(
-            job, rows=len(event_rows) + len(delivery_rows) + len(node_rows) + 1
-        )
+        await self.writer.run(job, rows=len(events) + len(delivery_rows) + len(nodes) + 1)
 
     async def quality_summary(self, since: float = 0.0) -> list[QualitySummary]:
         rows = await self._fetchall(
@@ -523,13 +572,15 @@ class SQLiteStore(ReportQueries, StatusQueries):
 
         def job(conn: sqlite3.Connection) -> list[Any]:
             # The status condition is spelled exactly as the partial index's, so it is used.
+            # The payloads come with the rows, by primary key from delivery_details.
             return conn.execute(
                 "UPDATE deliveries SET status = 'in_flight', lease_until = ?1,"
                 " next_attempt_at = ?1, updated_at = ?2 WHERE id IN (SELECT id FROM deliveries"
                 f" WHERE destination = ?3 AND status IN {QUEUED_SQL} AND next_attempt_at <= ?2"
                 " ORDER BY next_attempt_at LIMIT ?4)"
                 " RETURNING id, event_row, attempts, coalesce(created_at, updated_at),"
-                " occurred_at, payload",
+                " occurred_at, (SELECT payload FROM delivery_details AS p"
+                " WHERE p.id = deliveries.id)",
                 (until, now, destination, limit),
             ).fetchall()
 
@@ -556,37 +607,48 @@ class SQLiteStore(ReportQueries, StatusQueries):
     async def finish_deliveries(
         self, exchanges: Sequence[Exchange], updates: Sequence[DeliveryUpdate], now: float
     ) -> None:
-        update_rows = [
-            (u.status, int(u.tried), u.next_attempt_at, u.reason, now,
-             now if u.status not in QUEUED else None, u.id)
-            for u in updates
+        limit = self._max_params
+        states: dict[tuple[Any, ...], list[int]] = {}
+        for u in updates:
+            states.setdefault((u.status, int(u.tried), u.next_attempt_at, u.reason, now,
+                               now if u.status not in QUEUED else None), []).append(u.id)
+        updates_sql: list[batch.Statement] = []
+        each: list[tuple[Any, ...]] = []
+        if len({u.id for u in updates}) == len(updates):
+            for state, ids in states.items():
+                if len(ids) > 1:
+                    updates_sql.append((FINISH_DELIVERIES, [*state, json.dumps(ids)]))
+                else:
+                    each.append((ids[0], *state))
+            updates_sql += batch.statements(FINISH_EACH_DELIVERY, each, limit)
+        else:  # the same delivery twice: each update applies in turn, as given
+            updates_sql = [
+                (FINISH_DELIVERIES, [u.status, int(u.tried), u.next_attempt_at, u.reason, now,
+                                     now if u.status not in QUEUED else None, f"[{u.id}]"])
+                for u in updates]
+        requests = [
+            ((ex.destination, ex.started_at, ex.duration_ms, len(ex.attempts), ex.http_status,
+              ex.response, ex.error) if ex.sent else None,
+             batch.statements(INSERT_ATTEMPTS, [(a.delivery, ex.started_at, a.outcome, a.reason)
+                                                for a in ex.attempts], limit, before=1))
+            for ex in exchanges
         ]
 
         def job(conn: sqlite3.Connection) -> None:
-            for ex in exchanges:
-                request = None
-                if ex.sent:
-                    request = conn.execute(
+            for request, attempts_sql in requests:
+                request_id = None
+                if request is not None:
+                    request_id = conn.execute(
                         "INSERT INTO requests (destination, started_at, duration_ms, events,"
-                        " http_status, response, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (ex.destination, ex.started_at, ex.duration_ms, len(ex.attempts),
-                         ex.http_status, ex.response, ex.error),
+                        " http_status, response, error) VALUES (?, ?, ?, ?, ?, ?, ?)", request,
                     ).lastrowid
-                conn.executemany(
-                    "INSERT INTO attempts (delivery, request, at, outcome, reason)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    [(a.delivery, request, ex.started_at, a.outcome, a.reason)
-                     for a in ex.attempts],
-                )
-            conn.executemany(
-                "UPDATE deliveries SET status = ?, attempts = attempts + ?, next_attempt_at = ?,"
-                " last_reason = ?, updated_at = ?, finished_at = ?, lease_until = NULL"
-                " WHERE id = ?",
-                update_rows,
-            )
+                for sql, params in attempts_sql:
+                    params[0] = request_id
+                    conn.execute(sql, params)
+            batch.run(conn, updates_sql)
 
         attempts = sum(len(ex.attempts) for ex in exchanges)
-        await self.writer.run(job, rows=len(update_rows) + attempts + len(exchanges))
+        await self.writer.run(job, rows=len(updates) + attempts + len(exchanges))
 
     async def release_leases(self, ids: Sequence[int], now: float) -> None:
         rows = [(now, now, i) for i in ids]
@@ -616,17 +678,22 @@ class SQLiteStore(ReportQueries, StatusQueries):
         self, destination: str, statuses: Sequence[str], since: float | None, now: float,
         rebuild: bool = False, limit: int | None = None, force: bool = False,
     ) -> int:
-        payload = "NULL" if rebuild else "payload"
         where, params = _requeue_filter(destination, statuses, since, force)
 
         def job(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                f"UPDATE deliveries SET status = 'pending', payload = {payload},"
+            ids = [row[0] for row in conn.execute(
+                "UPDATE deliveries SET status = 'pending',"
                 " next_attempt_at = ?, created_at = ?, updated_at = ?, finished_at = NULL,"
                 " lease_until = NULL WHERE id IN (SELECT d.id FROM deliveries d"
-                f" JOIN events e ON e.id = d.event_row WHERE {where} ORDER BY d.id LIMIT ?)",
+                f" JOIN events e ON e.id = d.event_row WHERE {where} ORDER BY d.id LIMIT ?)"
+                " RETURNING id",
                 (now, now, now, *params, -1 if limit is None else limit),
-            ).rowcount
+            ).fetchall()]
+            if rebuild:
+                conn.execute(
+                    "UPDATE delivery_details SET payload = NULL"
+                    " WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids),))
+            return len(ids)
 
         count: int = await self.writer.run(job, rows=limit or 1)
         return count
@@ -704,9 +771,11 @@ class SQLiteStore(ReportQueries, StatusQueries):
                 consent=None if r[12] is None else r[12].encode(),
             )
             for r in await self._fetchall(
-                "SELECT id, destination, status, attempts, next_attempt_at, last_reason,"
-                " created_at, finished_at, match_quality, match_missing, payload, warnings,"
-                " consent FROM deliveries WHERE event_row = ? ORDER BY destination", (event_row,))
+                "SELECT d.id, d.destination, d.status, d.attempts, d.next_attempt_at,"
+                " d.last_reason, d.created_at, d.finished_at, d.match_quality, d.match_missing,"
+                " p.payload, p.warnings, p.consent FROM deliveries d"
+                " LEFT JOIN delivery_details p ON p.id = d.id WHERE d.event_row = ?"
+                " ORDER BY d.destination", (event_row,))
         ]
         for record in records:
             record.history = [

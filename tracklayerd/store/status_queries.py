@@ -2,8 +2,8 @@
 
 The page must answer in well under 300 ms with millions of stored events. Counting a day of
 events or deliveries at query time cannot (it took seconds at 1M events on two slow cores),
-so the counts come from the hourly counters and per-state totals that migration 7's
-triggers keep in the same transactions as the rows they count. What still reads the big
+so the counts come from the hourly counters and per-state totals that triggers (schema.py,
+migrations 7 and 8) keep in the same transactions as the rows they count. What still reads the big
 tables is bounded: ranges of an index that holds every column read (latencies, the oldest
 queued delivery, failed requests), a LIMIT (dead letters, platform answers, rejects'
 reasons), or a sample of the latest events (match quality, cross-source duplicates).
