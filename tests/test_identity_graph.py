@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -146,8 +147,13 @@ async def test_forget_removes_everything_it_reports(store: SQLiteStore, tmp_path
                            traits={"email": "stays@example.com"})
     before = await store.counts()
 
+    def secure_delete(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA secure_delete").fetchone()[0])
+
+    await store.writer.run(lambda conn: conn.execute("PRAGMA secure_delete = FAST"), rows=0)
     report = await store.forget(emails=["gone@example.com"],
                                 email_hashes=[sha("gone@example.com")])
+    assert await store.writer.run(secure_delete, rows=0) == 2  # FAST, as it was before
     after = await store.counts()
     assert report.events == 3 and report.inbox_rows == 3
     assert report.identity_nodes == 4  # anon-x, gone, email, phone

@@ -482,11 +482,14 @@ class SQLiteStore(ReportQueries, StatusQueries):
 
         def job(conn: sqlite3.Connection) -> ForgetReport:
             # Deleted rows must not linger in free pages: overwrite them (erasure requests).
+            # Then back to what the connection had (Debian's SQLite defaults to ON).
+            before = conn.execute("PRAGMA secure_delete").fetchone()[0]
             conn.execute("PRAGMA secure_delete = ON")
             try:
                 return delete(conn)
             finally:
-                conn.execute("PRAGMA secure_delete = OFF")
+                conn.execute(
+                    f"PRAGMA secure_delete = {schema.SECURE_DELETE.get(before, 'ON')}")
 
         def delete(conn: sqlite3.Connection) -> ForgetReport:
             report = ForgetReport()
