@@ -292,7 +292,8 @@ def _same_click(fbc: str, fbclid: str) -> bool:
     return len(parts) >= 4 and parts[3] == fbclid
 
 
-def _query_params(url: str) -> list[tuple[str, str]] | None:
+@lru_cache(maxsize=4096)
+def _query_params(url: str) -> tuple[tuple[str, str], ...] | None:
     """The URL's query parameters (names casefolded, values decoded), None if it is no URL.
 
     Hash-routed single-page apps keep their query after the ``#``: those parameters count,
@@ -314,10 +315,10 @@ def _query_params(url: str) -> list[tuple[str, str]] | None:
             name = unquote(name).strip().casefold().removeprefix("amp;")
             if name and value:
                 params.append((name, unquote(value)))
-    return params
+    return tuple(params)  # cached (a landing page's URL repeats): immutable
 
 
-def _all(params: list[tuple[str, str]], names: tuple[str, ...]) -> list[str]:
+def _all(params: tuple[tuple[str, str], ...], names: tuple[str, ...]) -> list[str]:
     if not params:
         return []
     wanted = _folded_set(names)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -114,9 +115,19 @@ def _as_list(value: str | list[str]) -> list[str]:
 class Mapper:
     def __init__(self, rules: list[Rule]) -> None:
         self._rules = rules
+        # Per event name, the rules that could match it, in order: most rules name events,
+        # so an event is checked against a few instead of every rule.
+        self._candidates = lru_cache(maxsize=1024)(self._rules_naming)
+
+    def _rules_naming(self, name: str) -> tuple[Rule, ...]:
+        folded = name.casefold()
+        return tuple(rule for rule in self._rules if not rule.events
+                     or (name if rule.case_sensitive else folded) in rule.events)
 
     def rule_for(self, event: Event) -> Rule | None:
-        return next((rule for rule in self._rules if rule.matches(event)), None)
+        """The first rule (configured ones, then the built-ins) that matches the event."""
+        return next((rule for rule in self._candidates(event.event) if rule.matches(event)),
+                    None)
 
     def apply(self, event: Event) -> Event:
         rule = self.rule_for(event)
