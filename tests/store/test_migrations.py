@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import store_of
+from tests.store.support import create_at
 from tests.store.test_query_plans import scans
 from tests.web.test_status import EMAIL, counters, fill, recount, start
 from tracklayerd.errors import StartupError
@@ -27,17 +28,6 @@ DELIVERY_KEEPS = ("id", "event_row", "destination", "status", "attempts", "next_
                   "lease_until", "last_reason", "updated_at", "match_quality", "match_missing",
                   "created_at", "occurred_at", "finished_at")
 MOVED = ("payload", "warnings", "consent")
-
-
-def create_at(path: Path, version: int) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("BEGIN")
-    for number in range(1, version + 1):
-        for statement in schema._statements(schema.MIGRATIONS[number - 1]):
-            conn.execute(statement)
-    conn.execute(f"PRAGMA user_version = {version}")
-    conn.execute("COMMIT")
-    conn.close()
 
 
 def copy_back(current: Path, old: Path, version: int) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.store.support import create_at
 from tracklayerd.errors import StartupError, StoreUnavailable
 from tracklayerd.store import schema
 from tracklayerd.store.base import InboxRow
@@ -41,14 +42,7 @@ async def test_fresh_database_is_at_latest_schema_with_explicit_pragmas(
 @pytest.mark.parametrize("start", range(schema.SCHEMA_VERSION))
 async def test_migrates_from_every_older_version(tmp_path: Path, start: int) -> None:
     path = tmp_path / "old.sqlite3"
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("BEGIN")
-    for number in range(1, start + 1):
-        for statement in schema._statements(schema.MIGRATIONS[number - 1]):
-            conn.execute(statement)
-    conn.execute(f"PRAGMA user_version = {start}")
-    conn.execute("COMMIT")
-    conn.close()
+    create_at(path, start)
     store = SQLiteStore(path)
     await store.open()
     try:
