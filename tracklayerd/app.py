@@ -71,7 +71,7 @@ def create_app(
     max_request = max([s.max_request_bytes for s in config.sources.values()], default=1 << 20)
     app = web.Application(middlewares=[error_middleware], client_max_size=max_request)
     app[CONFIG] = config
-    store = create_store(config.storage, data_dir)
+    store = create_store(config.storage, data_dir, on_migrating=_extend_start_timeout)
     destinations = create_destinations(config)
     metrics = app[METRICS] = Metrics(config)
     scheduler = Scheduler(store, list(destinations.values()), clock=clock, metrics=metrics)
@@ -180,6 +180,18 @@ async def serve(
     finally:
         await runner.cleanup()
     log.info("stopped cleanly")
+
+
+# How long systemd should wait for a start that upgrades the store: migration 8 takes
+# ~35 s per million deliveries, beyond the default 90 s TimeoutStartSec from ~2M on.
+MIGRATION_START_TIMEOUT_SECS = 4 * 3600
+
+
+def _extend_start_timeout(from_version: int, to_version: int) -> None:
+    """Before a schema upgrade: tell systemd this start takes longer, instead of it killing
+    the upgrade (rolled back) at TimeoutStartSec and starting it again, forever."""
+    del from_version, to_version
+    sdnotify.notify(f"EXTEND_TIMEOUT_USEC={MIGRATION_START_TIMEOUT_SECS * 1_000_000}")
 
 
 def _start_watchdog(app: web.Application) -> asyncio.Task[None] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tracklayerd.config import StorageConfig
@@ -9,7 +10,11 @@ from tracklayerd.store.base import Store
 from tracklayerd.store.sqlite import SQLiteStore
 
 
-def create_store(storage: StorageConfig, data_dir: Path) -> Store:
+def create_store(
+    storage: StorageConfig, data_dir: Path,
+    on_migrating: Callable[[int, int], None] | None = None,
+) -> Store:
+    """The configured store. `on_migrating(from, to)` is called before a schema upgrade."""
     path = Path(storage.path)
     if not path.is_absolute():
         path = data_dir / path
@@ -20,4 +25,5 @@ def create_store(storage: StorageConfig, data_dir: Path) -> Store:
         max_pending_rows=storage.max_pending_events,
         checkpoint_rows=storage.checkpoint_rows,
         max_db_bytes=storage.max_db_bytes,
+        on_migrating=on_migrating,
     )

@@ -131,8 +131,12 @@ class SQLiteStore(ReportQueries, StatusQueries):
         checkpoint_rows: int = 10_000,
         max_db_bytes: int | None = None,
         checkpoint_idle_secs: float = CHECKPOINT_IDLE_SECS,
+        on_migrating: Callable[[int, int], None] | None = None,
     ) -> None:
         self.path = Path(path)
+        # Called (on the writer thread) before a schema upgrade runs: (from, to) version.
+        # `serve` uses it to tell systemd that this start will take longer.
+        self._on_migrating = on_migrating
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
         self._max_pending_rows = max_pending_rows
@@ -199,6 +203,13 @@ class SQLiteStore(ReportQueries, StatusQueries):
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
                 conn.execute(f"PRAGMA max_page_count = {max(1, self._max_db_bytes // page_size)}")
             # Migrations run with foreign keys off (schema.upgrade), before any job.
+            version = schema.current_version(conn)
+            if version < schema.SCHEMA_VERSION:
+                log.info("migrating the store schema from version %d to %d: this takes a "
+                         "while on a big store (docs/operations.md, Upgrades)",
+                         version, schema.SCHEMA_VERSION)
+                if self._on_migrating is not None:
+                    self._on_migrating(version, schema.SCHEMA_VERSION)
             self._migrated = schema.upgrade(conn)
             self._max_params = batch.max_params(conn)
             conn.execute("PRAGMA foreign_keys = ON")
