@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import re
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlencode
 
@@ -35,6 +33,7 @@ from tracklayerd.destinations.base import (
 from tracklayerd.destinations.meta_errors import outcome_for_error, parse_error
 from tracklayerd.errors import DestinationError
 from tracklayerd.events import Event
+from tracklayerd.pipeline.click_ids import canonical_ip
 from tracklayerd.pipeline.consent import ConsentDecision
 from tracklayerd.pipeline.contracts import ISO_4217
 from tracklayerd.pipeline.normalize import (
@@ -220,7 +219,7 @@ class MetaCapi:
         user_data: dict[str, Any] = dict(prepared.fields)
         ip = event.context.ip
         if ip:
-            if (address := _canonical_ip(ip.strip())) is not None:
+            if (address := canonical_ip(ip.strip())) is not None:
                 user_data["client_ip_address"] = address
             else:
                 warnings.append("context.ip is not an IPv4 or IPv6 address: not sent")
@@ -339,16 +338,6 @@ class MetaCapi:
 
     async def close(self) -> None:
         await self._http.close()
-
-
-@lru_cache(maxsize=4096)
-def _canonical_ip(ip: str) -> str | None:
-    """The address in its canonical text form; None if it is none. Cached: parsing costs
-    ~20 µs and a visitor's events share their address."""
-    try:
-        return str(ipaddress.ip_address(ip))
-    except ValueError:
-        return None
 
 
 def _region_country(event: Event) -> str | None:

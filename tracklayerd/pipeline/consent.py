@@ -9,7 +9,6 @@ a value the sender supplied, so they can be stored, shown and logged.
 from __future__ import annotations
 
 import dataclasses
-import unicodedata
 from collections.abc import Callable, Mapping
 from functools import cache, lru_cache
 from typing import Any, Literal
@@ -20,7 +19,7 @@ import pycountry
 
 from tracklayerd.config import Config, ConsentConfig, DestinationConfig
 from tracklayerd.events import Consent, Context, Event, Identity
-from tracklayerd.pipeline.normalize import region_of
+from tracklayerd.pipeline.normalize import lookup_key, region_of
 
 Outcome = Literal["allowed", "limited", "suppressed"]
 RegionSource = Literal["consent", "location", "address", "geoip"]
@@ -225,7 +224,7 @@ def _country(value: str | None) -> str | None:
 def _subdivision(country: str, value: str | None) -> str | None:
     if not value:
         return None
-    return _subdivisions(country).get(_key(value))
+    return _subdivisions(country).get(lookup_key(value))
 
 
 @cache
@@ -237,7 +236,7 @@ def _subdivisions(country: str) -> dict[str, str]:
     for sub in subs:
         suffix = sub.code.partition("-")[2]
         for key in (suffix, sub.code, sub.name):
-            index.setdefault(_key(key), suffix)
+            index.setdefault(lookup_key(key), suffix)
     return index
 
 
@@ -246,11 +245,6 @@ def _iso() -> tuple[frozenset[str], frozenset[str]]:
     """ISO 3166-1 alpha-2 codes and ISO 3166-2 subdivision codes."""
     return (frozenset(country.alpha_2 for country in pycountry.countries),
             frozenset(sub.code for sub in pycountry.subdivisions))
-
-
-def _key(value: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", value.casefold())
-    return "".join(c for c in decomposed if c.isalnum() and not unicodedata.combining(c))
 
 
 # --- the decision ------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def _q(value: str) -> str:
     return f"the value ({len(value)} characters)"
 
 
-def _key(value: str) -> str:
+def lookup_key(value: str) -> str:
     """A lookup key that ignores case, accents, spaces and punctuation ("Québec" → "quebec")."""
     decomposed = unicodedata.normalize("NFKD", value.casefold())
     return "".join(c for c in decomposed if c.isalnum() and not unicodedata.combining(c))
@@ -207,17 +207,17 @@ def normalize_text(value: str, spec: Text, hints: Hints = NO_HINTS) -> Normalize
 def _countries() -> dict[str, str]:
     index: dict[str, str] = {}
     for country in pycountry.countries:  # codes first: a code never loses to a name
-        index[_key(country.alpha_2)] = index[_key(country.alpha_3)] = country.alpha_2
+        index[lookup_key(country.alpha_2)] = index[lookup_key(country.alpha_3)] = country.alpha_2
     for country in pycountry.countries:
         for attr in ("name", "official_name", "common_name"):
             if name := getattr(country, attr, None):
-                index.setdefault(_key(name), country.alpha_2)
+                index.setdefault(lookup_key(name), country.alpha_2)
     return index | COUNTRY_ALIASES
 
 
 @lru_cache(maxsize=4096)
 def _country_code(value: str) -> str | None:
-    key = _key(value)
+    key = lookup_key(value)
     index = _countries()
     return index.get(key) or (index.get(key[3:]) if key.startswith("the") else None)
 
@@ -236,7 +236,8 @@ def _subdivisions(country: str) -> dict[str, str]:
     for sub in pycountry.subdivisions:
         if sub.country_code == country and sub.parent_code is None:
             suffix = sub.code.partition("-")[2]
-            index[_key(suffix)] = index[_key(sub.code)] = index[_key(sub.name)] = suffix
+            for key in (suffix, sub.code, sub.name):
+                index[lookup_key(key)] = suffix
     return index | STATE_ALIASES.get(country, {})
 
 
@@ -251,7 +252,7 @@ def normalize_state(value: str, spec: State, hints: Hints = NO_HINTS) -> Normali
     for country in [region] if region else sorted(spec.codes_for):
         index = _subdivisions(country)
         # The cleaned form too, so that normalizing the output again finds the same code.
-        code = index.get(_key(value)) or index.get(_key(cleaned.value or ""))
+        code = index.get(lookup_key(value)) or index.get(lookup_key(cleaned.value or ""))
         if code:
             return _ok(code.lower())
     if region:
@@ -285,7 +286,7 @@ def normalize_zip(value: str, spec: Zip, hints: Hints = NO_HINTS) -> Normalized:
 
 
 def normalize_gender(value: str, spec: Gender, hints: Hints = NO_HINTS) -> Normalized:
-    gender = GENDERS.get(_key(value))
+    gender = GENDERS.get(lookup_key(value))
     if gender is None or (gender == "n" and not spec.allow_n):
         allowed = "m, f or n" if spec.allow_n else "m or f"
         return _drop(f"{_q(value)} is not a gender this platform takes ({allowed})")
