@@ -4,6 +4,7 @@ consulted across slice boundaries; a failed commit loses and repeats nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import tracklayerd.processor as processor_module
 from tests.conftest import make_config, purchase
 from tracklayerd.errors import StoreUnavailable
+from tracklayerd.pacing import Pacer
 from tracklayerd.processor import CURSOR, Pipeline, Processor
 from tracklayerd.store.base import InboxRow
 from tracklayerd.store.sqlite import SQLiteStore
@@ -48,6 +50,17 @@ async def filled(path: Path, **options: Any) -> SQLiteStore:
     return store
 
 
+def recording_pacer(senders_waiting: bool) -> tuple[Pacer, list[float]]:
+    """A pacer taking a turn after every record, recording each pause it makes."""
+    pauses: list[float] = []
+
+    async def pause(secs: float) -> None:
+        pauses.append(secs)
+        await asyncio.sleep(0)
+
+    return Pacer(lambda: senders_waiting, chunk_secs=0.0, sleep=pause), pauses
+
+
 async def outcome(store: SQLiteStore) -> list[tuple[Any, ...]]:
     ids = [e["event_id"] for e in traffic()]
     return [(e.event_id, e.status, e.reason, e.body, await store.deliveries_for(e.id))
@@ -62,10 +75,12 @@ async def test_back_to_back_slices_equal_one_slice(
     await Processor(one, Pipeline(config)).process_slice()  # all 24 in one slice
 
     monkeypatch.setattr(processor_module, "SLICE", 4)
-    monkeypatch.setattr(processor_module, "YIELD_EVERY", 3)  # turns for the loop mid-slice
     many = await filled(tmp_path / "many.sqlite3")
-    processor = Processor(many, Pipeline(config))
-    assert (await processor.process_available()).records == 24
+    # A turn for the loop after every record, mid-slice.
+    pacer, turns = recording_pacer(senders_waiting=False)
+    processor = Processor(many, Pipeline(config), pacer=pacer)
+    assert await processor.process_available() == 24
+    assert len(turns) == 3 * 24  # prepare, stitch and plan each gave the loop a turn
     assert await many.cursor(CURSOR) == 24
 
     expected = await outcome(one)
@@ -99,8 +114,29 @@ async def test_a_failed_commit_discards_the_slice_read_ahead(
     blocker.execute("ROLLBACK")
     blocker.close()
 
-    assert (await processor.process_available()).records == 20
+    assert await processor.process_available() == 20
     assert await outcome(store) == await outcome(reference)
     await store.close()
     await reference.close()
 
+
+
+async def test_while_senders_wait_slices_are_smaller_and_paced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processor_module, "SLICE_CONTENDED", 5)
+    config = make_config(tmp_path, destinations=DESTINATIONS)
+    reference = await filled(tmp_path / "reference.sqlite3")
+    await Processor(reference, Pipeline(config)).run_until_idle()
+
+    store = await filled(tmp_path / "db.sqlite3")
+    pacer, pauses = recording_pacer(senders_waiting=True)
+    slices: list[int] = []
+    processor = Processor(store, Pipeline(config), pacer=pacer,
+                          on_processed=lambda: slices.append(1))
+    assert await processor.process_available() == 24
+    assert len(slices) == 5  # 5 + 5 + 5 + 5 + 4, not one slice of 24
+    assert pauses and all(p > 0 for p in pauses) and pacer.paused_secs == sum(pauses)
+    assert await outcome(store) == await outcome(reference)
+    await store.close()
+    await reference.close()

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -15,7 +15,7 @@ from tracklayerd import memory, sdnotify
 from tracklayerd.config import WEBHOOK_SOURCES, Config, HttpApiSource, SegmentSource
 from tracklayerd.destinations.registry import create_destinations
 from tracklayerd.errors import StartupError
-from tracklayerd.ingest.common import ClientAddress, json_response
+from tracklayerd.ingest.common import ClientAddress
 from tracklayerd.ingest.http_api import NativeIngest
 from tracklayerd.ingest.segment import SegmentIngest
 from tracklayerd.ingest.webhooks import WebhookIngest
@@ -24,6 +24,7 @@ from tracklayerd.processor import Pipeline, Processor
 from tracklayerd.scheduler import Clock, Scheduler
 from tracklayerd.store import create_store
 from tracklayerd.store.base import Store
+from tracklayerd.web import errors
 from tracklayerd.web.health import healthz, readyz_handler
 from tracklayerd.web.metrics import metrics_handler
 from tracklayerd.web.status import status_handler
@@ -38,30 +39,6 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 METRICS = web.AppKey("metrics", Metrics)
 
 
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every error is a short JSON answer; never a traceback to the sender."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        # "code" is what Segment's SDKs read; "error" is the native API's name for it.
-        return json_response(
-            exc.status, {"success": False, "error": code, "code": code,
-                         "message": exc.text or exc.reason},
-            headers={k: v for k, v in exc.headers.items()
-                     if k in ("Allow", "Retry-After", "WWW-Authenticate")},
-        )
-    except Exception:
-        log.exception("unhandled error serving %s %s", request.method, request.path)
-        return json_response(500, {"success": False, "error": "internal", "code": "internal",
-                                   "message": "internal error; retry later"})
-
-
 def create_app(
     config: Config, data_dir: Path, *, start_processor: bool = True,
     clock: Clock | None = None,
@@ -69,7 +46,7 @@ def create_app(
     """The whole service. `start_processor=False` leaves the processor and the scheduler to
     the caller (tests drive them with run_until_idle and an injected clock)."""
     max_request = max([s.max_request_bytes for s in config.sources.values()], default=1 << 20)
-    app = web.Application(middlewares=[error_middleware], client_max_size=max_request)
+    app = web.Application(client_max_size=max_request)
     app[CONFIG] = config
     store = create_store(config.storage, data_dir, on_migrating=_extend_start_timeout)
     destinations = create_destinations(config)
@@ -107,32 +84,36 @@ def create_app(
 
     client_address = ClientAddress(config.server.trusted_proxies)
     timeout = config.storage.commit_timeout_secs
+    routes: list[web.RouteDef] = []
     native_sources = {
         sid: src for sid, src in config.sources.items() if isinstance(src, HttpApiSource)
     }
     if native_sources:
         native = NativeIngest(native_sources, store, commit_timeout_secs=timeout,
                               client_address=client_address)
-        app.router.add_post("/v1/events", counted_ingest(metrics, native.handle))
+        routes.append(web.post("/v1/events", counted_ingest(metrics, native.handle)))
     segment_sources = {
         sid: src for sid, src in config.sources.items() if isinstance(src, SegmentSource)
     }
     if segment_sources:
-        SegmentIngest(segment_sources, store, commit_timeout_secs=timeout,
-                      client_address=client_address, metrics=metrics).add_routes(app.router)
+        routes += SegmentIngest(segment_sources, store, commit_timeout_secs=timeout,
+                                client_address=client_address, metrics=metrics).routes()
     webhook_sources = {
         sid: src for sid, src in config.sources.items() if isinstance(src, WEBHOOK_SOURCES)
     }
     if webhook_sources:
-        WebhookIngest(webhook_sources, store, commit_timeout_secs=timeout,
-                      client_address=client_address, metrics=metrics).add_routes(app.router)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/-/events/{id}", trace_handler(store))
-    app.router.add_get("/-/events", lookup_handler(store))
-    app.router.add_get("/-/status", status_handler(config, store, scheduler, "html"))
-    app.router.add_get("/-/status.json", status_handler(config, store, scheduler, "json"))
-    app.router.add_get("/readyz", readyz_handler(store))
-    app.router.add_get("/metrics", metrics_handler(metrics, store, scheduler))
+        routes += WebhookIngest(webhook_sources, store, commit_timeout_secs=timeout,
+                                client_address=client_address, metrics=metrics).routes()
+    routes += [
+        web.get("/healthz", healthz),
+        web.get("/-/events/{id}", trace_handler(store)),
+        web.get("/-/events", lookup_handler(store)),
+        web.get("/-/status", status_handler(config, store, scheduler, "html")),
+        web.get("/-/status.json", status_handler(config, store, scheduler, "json")),
+        web.get("/readyz", readyz_handler(store)),
+        web.get("/metrics", metrics_handler(metrics, store, scheduler)),
+    ]
+    errors.install(app, routes)
     return app
 
 

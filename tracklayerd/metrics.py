@@ -101,6 +101,8 @@ class Metrics:
         self._events = known_event_names(config)
         registry = self.registry
         self._ingest_children: dict[tuple[str, int], Counter] = {}
+        self._ingest_pending: collections.Counter[tuple[str | None, int]] = (
+            collections.Counter())
         self.ingest_requests = Counter(
             "tracklayerd_ingest_requests", "Ingest requests answered, by source and HTTP status.",
             ["source", "status"], registry=registry)
@@ -138,12 +140,19 @@ class Metrics:
     # -- hooks ----------------------------------------------------------------------------
 
     def ingest_answered(self, source: str | None, status: int) -> None:
-        # Per request: a cached child costs ~1 µs, labels() ~4 µs.
-        key = (self._source_label(source), status)
-        child = self._ingest_children.get(key)
-        if child is None:
-            child = self._ingest_children[key] = self.ingest_requests.labels(key[0], str(status))
-        child.inc()
+        # Per request, so only a dict update (~0.1 µs); a prometheus child's inc() takes a
+        # lock (~1.5 µs with the lookups). The counts reach the counter at each scrape.
+        self._ingest_pending[source, status] += 1
+
+    def _flush_ingest(self) -> None:
+        pending, self._ingest_pending = self._ingest_pending, collections.Counter()
+        for (source, status), count in pending.items():
+            key = (self._source_label(source), status)
+            child = self._ingest_children.get(key)
+            if child is None:
+                child = self._ingest_children[key] = self.ingest_requests.labels(
+                    key[0], str(status))
+            child.inc(count)
 
     def processed(self, results: Iterable[ProcessedEvent]) -> None:
         """A committed slice of the processor."""
@@ -202,6 +211,7 @@ class Metrics:
     ) -> tuple[bytes, str]:
         """The body and content type of one scrape, in the format Prometheus asked for."""
         gauges = await scrape_gauges(store, scheduler)
+        self._flush_ingest()
         encoder, content_type = choose_encoder(accept)
         return encoder(_Scrape(self.registry, gauges)), content_type
 
@@ -280,7 +290,7 @@ def counted_ingest(metrics: Metrics | None, handler: Handler) -> Handler:
         except web.HTTPException as exc:
             metrics.ingest_answered(request.get(_SOURCE_KEY), exc.status)
             raise
-        except Exception:  # app.error_middleware answers it with a 500
+        except Exception:  # app.web.errors.guarded answers it with a 500
             metrics.ingest_answered(request.get(_SOURCE_KEY), 500)
             raise
         metrics.ingest_answered(request.get(_SOURCE_KEY), response.status)

@@ -25,6 +25,7 @@ from tracklayerd.destinations.registry import destination_platform
 from tracklayerd.errors import StoreUnavailable
 from tracklayerd.events import Event, event_encoder
 from tracklayerd.metrics import Metrics
+from tracklayerd.pacing import Pacer
 from tracklayerd.pipeline import contracts
 from tracklayerd.pipeline.click_ids import extract_click_ids
 from tracklayerd.pipeline.consent import ConsentDecision, consent_rules, decide_all, limited
@@ -46,13 +47,10 @@ consent_encoder = msgspec.json.Encoder()
 
 CURSOR = "processor"
 SLICE = 500
-# Records processed between two turns of the event loop (each ~0.1-0.3 ms of CPU).
-YIELD_EVERY = 32
+# While senders wait for commits: a slice's commit shares the writer with theirs, and 500
+# events take ~10-15 ms to write there (the ingest p99); 100 take ~2-3 ms.
+SLICE_CONTENDED = 100
 RETRY_SECS = 1.0
-# Under ingest load the processor sleeps this many times as long as its last slice took,
-# i.e. it keeps about 1 / (1 + YIELD_FACTOR) of the time.
-YIELD_FACTOR = 2.0
-MAX_YIELD_SECS = 0.25
 PRUNE_EVERY_SECS = 3600.0
 PRUNE_CHUNK = 5000
 T = TypeVar("T")
@@ -229,20 +227,17 @@ class Completed:
     identity: IdentityChanges | None
 
 
-@dataclass(slots=True)
-class Slices:
-    records: int = 0
-    last_secs: float = 0.0  # how long the last slice took (the processor yields to ingest)
-
-
 class Processor:
     def __init__(
         self, store: Store, pipeline: Pipeline,
         on_processed: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self._store = store
+        # Shares the loop with ingest (tracklayerd/pacing.py).
+        self._pacer = pacer or Pacer(store.ingest_waiting, clock)
         self._clock = clock
         self._metrics = metrics
         self._pipeline = pipeline
@@ -268,27 +263,23 @@ class Processor:
         await self._commit(staged, await self._complete(staged))
         return len(staged.records)
 
-    async def process_available(self, pause: Callable[[], bool] = lambda: False) -> Slices:
-        """Process slices back to back until the inbox is empty or `pause()` says so.
+    async def process_available(self) -> int:
+        """Process slices back to back until the inbox is empty; returns how many records.
 
         While one slice commits (on the store's writer thread), the next is read and
         prepared: decoding, mapping and hashing identity keys need nothing from the store.
         Everything that reads what earlier slices wrote (identity graph, dedup claims, the
         ledger) waits for that commit, so the result is the same as one slice at a time.
         """
-        done = Slices()
+        done = 0
         staged = await self._stage(await self._start())
         while staged is not None:
-            started = time.perf_counter()
             commit = asyncio.ensure_future(self._commit(staged, await self._complete(staged)))
-            following = None
             try:
-                if not pause():
-                    following = await self._stage(staged.records[-1].seq)
+                following = await self._stage(staged.records[-1].seq)
             finally:
                 await commit  # a failed commit discards the slice read ahead
-            done.records += len(staged.records)
-            done.last_secs = time.perf_counter() - started
+            done += len(staged.records)
             staged = following
         return done
 
@@ -299,7 +290,8 @@ class Processor:
 
     async def _stage(self, after: int) -> Staged | None:
         """Read the records after `after` and run the steps needing no stored state."""
-        records = await self._store.read_inbox(after, SLICE)
+        limit = SLICE_CONTENDED if self._pacer.contended() else SLICE
+        records = await self._store.read_inbox(after, limit)
         if not records:
             return None
         policy = self._pipeline.identity
@@ -313,7 +305,7 @@ class Processor:
                 return found, []
             return item, found
 
-        prepared = await _each(records, prepare)
+        prepared = await self._each(records, prepare)
         return Staged(records=records, items=[item for item, _ in prepared],
                       keys=[keys for _, keys in prepared])
 
@@ -335,7 +327,7 @@ class Processor:
                 return self._guarded(record, stitch, item, record.seq, graph, policy,
                                      event_keys)
 
-            items = await _each(records, join)
+            items = await self._each(records, join)
             changes = IdentityChanges(nodes=list(graph.changed.values()),
                                       relabels=graph.relabels)
         items = await self._deduplicate(records, items)
@@ -348,7 +340,7 @@ class Processor:
                 return item
             return self._guarded(record, self._pipeline.finish, record, item, delivered)
 
-        results = await _each(records, plan)
+        results = await self._each(records, plan)
         for r, result in zip(records, results, strict=True):
             if result.status == "accepted":
                 result.dedup_key = self._claims.get(r.seq)
@@ -415,6 +407,17 @@ class Processor:
         return {dest_id: found for dest_id in self._pipeline.sending_destinations
                 if (found := await self._store.delivered_event_ids(dest_id, event_ids))}
 
+    async def _each(self, records: list[InboxRecord], step: Callable[[InboxRecord], T]) -> list[T]:
+        """`step` over the records, paced (tracklayerd/pacing.py): a slice is ~100 ms of
+        CPU, and requests waiting that long would be the ingest p99."""
+        pacer = self._pacer
+        pacer.resume()
+        results: list[T] = []
+        for record in records:
+            await pacer.turn(record.received_at)
+            results.append(step(record))
+        return results
+
     @staticmethod
     def _guarded(
         record: InboxRecord, step: Callable[..., T], *args: Any
@@ -451,7 +454,7 @@ class Processor:
     async def run_until_idle(self) -> int:
         """Process everything in the inbox now; returns the count (for tests and the CLI)."""
         total = 0
-        while n := (await self.process_available()).records:
+        while n := await self.process_available():
             total += n
         return total
 
@@ -459,8 +462,7 @@ class Processor:
         while True:
             self._wake.clear()
             try:
-                done = await self.process_available(pause=self._store.ingest_waiting)
-                processed = done.records
+                processed = await self.process_available()
                 self._busy_since_idle |= bool(processed)
             except StoreUnavailable as exc:
                 log.warning("processor paused: %s; retrying in %.0f s", exc, RETRY_SECS)
@@ -475,11 +477,6 @@ class Processor:
                     with contextlib.suppress(StoreUnavailable):
                         await self.prune(self._last_prune)
                 await self._wake.wait()
-            elif self._store.ingest_waiting():
-                # Senders are waiting for commits: acceptance comes first, since it is what
-                # makes an event safe. The processor keeps a share of the time (a backlog
-                # drains after the burst) instead of halving ingest throughput.
-                await asyncio.sleep(min(done.last_secs * YIELD_FACTOR, MAX_YIELD_SECS))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="tracklayerd-processor")
@@ -492,13 +489,3 @@ class Processor:
             await self._task
         self._task = None
 
-
-async def _each(records: list[InboxRecord], step: Callable[[InboxRecord], T]) -> list[T]:
-    """`step` over the records, giving the event loop a turn every YIELD_EVERY records: a
-    slice is ~100 ms of CPU, and requests waiting that long would be the ingest p99."""
-    results: list[T] = []
-    for index, record in enumerate(records):
-        if index and not index % YIELD_EVERY:
-            await asyncio.sleep(0)
-        results.append(step(record))
-    return results

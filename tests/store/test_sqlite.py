@@ -189,7 +189,7 @@ async def test_transaction_aborted_by_sqlite_retries_the_rest_of_the_group(
 
 async def test_coalesced_appends_still_count_duplicates_per_caller(store: SQLiteStore) -> None:
     assert await store.append_inbox([row("seen")]) == 1
-    # Submitted together, these share one group and one executemany; the duplicate forces
+    # Submitted together, these share one group and its statements; the duplicate forces
     # the per-job path, and each caller learns its own count.
     results = await asyncio.gather(
         store.append_inbox([row("n1"), row("n2")]),
@@ -199,3 +199,18 @@ async def test_coalesced_appends_still_count_duplicates_per_caller(store: SQLite
     )
     assert results == [2, 1, 1, 0]
     assert await store.inbox_message_ids("web") == ["seen", "n1", "n2", "n3", "n4"]
+
+
+async def test_appends_larger_than_one_statement_keep_order_and_counts(
+    store: SQLiteStore,
+) -> None:
+    # 3 x 300 rows in one group: more than one multi-row statement (256 rows) per job and
+    # statements spanning jobs; one retried id sends the group down the per-job path.
+    batches = [[row(f"b{b}-{i}") for i in range(300)] for b in range(3)]
+    assert await asyncio.gather(*(store.append_inbox(b) for b in batches)) == [300] * 3
+    retried = [row(f"c-{i}") for i in range(299)] + [row("b1-7")]
+    assert await asyncio.gather(store.append_inbox(retried),
+                                store.append_inbox([row("d")])) == [299, 1]
+    expected = [r.message_id for b in batches for r in b] + [
+        r.message_id for r in retried[:-1]] + ["d"]
+    assert await store.inbox_message_ids("web") == expected

@@ -71,11 +71,13 @@ class SegmentIngest:
         self._max_request = max(s.max_request_bytes for s in sources.values())
         self._origins = {o for s in sources.values() for o in s.cors_origins}
 
-    def add_routes(self, router: web.UrlDispatcher) -> None:
+    def routes(self) -> list[web.RouteDef]:
+        routes = []
         for path in PATHS:
-            router.add_post(f"/v1/{path}", counted_ingest(self._metrics, self.handle))
+            routes.append(web.post(f"/v1/{path}", counted_ingest(self._metrics, self.handle)))
             if self._origins:
-                router.add_route("OPTIONS", f"/v1/{path}", self.preflight)
+                routes.append(web.options(f"/v1/{path}", self.preflight))
+        return routes
 
     async def preflight(self, request: web.Request) -> web.Response:
         headers = self._cors(request)

@@ -107,8 +107,8 @@ class WebhookIngest:
         self._timeout = commit_timeout_secs
         self._client_address = client_address
 
-    def add_routes(self, router: web.UrlDispatcher) -> None:
-        router.add_post("/ingest/{source_id}", counted_ingest(self._metrics, self.handle))
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/ingest/{source_id}", counted_ingest(self._metrics, self.handle))]
 
     async def handle(self, request: web.Request) -> web.Response:
         received_at = time.time()

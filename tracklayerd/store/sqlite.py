@@ -114,7 +114,7 @@ FINISH_EACH_DELIVERY = (
 )
 INSERT_INBOX = (
     "INSERT OR IGNORE INTO inbox (source, message_id, kind, received_at, request_ip, payload)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    " VALUES {values}"
 )
 FULL_FRACTION = 0.98
 QUEUED_SQL = "(" + ", ".join(f"'{status}'" for status in QUEUED) + ")"

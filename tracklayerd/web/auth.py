@@ -142,7 +142,7 @@ def denial(request: web.Request) -> web.Response | None:
 
 def admin_only(handler: Handler) -> Handler:
     """Wrap a /-/ handler: the admin check runs first and answers 401/403 itself, with its
-    WWW-Authenticate header (which an HTTPException would lose in app.error_middleware)."""
+    WWW-Authenticate header (which an HTTPException would lose in web.errors.guarded)."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         denied = denial(request)
