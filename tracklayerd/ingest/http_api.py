@@ -91,6 +91,16 @@ class NativeIngest:
                 return _too_big_event(len(body), source.max_event_bytes)
             row = self._row(source_id, event, body, received_at, self._client_address(request))
             return await self._commit([row], rejected=[])
+        # Then as a batch (strict: no other top-level keys), and only when that fails too,
+        # find out which of the two the sender meant, to name the right problem.
+        try:
+            batch = _batch_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            batch_error = exc
+        except msgspec.DecodeError as exc:  # invalid, and malformed further on
+            return await self._reject(source_id, "malformed_json", f"malformed JSON: {exc}")
+        else:
+            return await self._batch(source_id, source, batch.events, received_at, request)
         try:
             probe = _probe_decoder.decode(body)
         except msgspec.ValidationError:
@@ -102,12 +112,8 @@ class NativeIngest:
                 return _too_big_event(len(body), source.max_event_bytes)
             path, message = validation_problem(single_error)
             return await self._reject(source_id, "invalid_event", message, path=path)
-        try:
-            batch = _batch_decoder.decode(body)  # strict: no other top-level keys
-        except msgspec.ValidationError as exc:
-            path, message = validation_problem(exc)
-            return await self._reject(source_id, "invalid_request", message, path=path)
-        return await self._batch(source_id, source, batch.events, received_at, request)
+        path, message = validation_problem(batch_error)
+        return await self._reject(source_id, "invalid_request", message, path=path)
 
     async def _batch(
         self, source_id: str, source: HttpApiSource, raws: list[msgspec.Raw],
