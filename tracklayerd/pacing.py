@@ -6,8 +6,9 @@ durable and a backlog only delays deliveries. So while senders are waiting for c
 processor keeps a share of the loop's time: MIN_SHARE while it is less than LAG_LOW_SECS
 behind (the age of the record it is on), growing linearly to MAX_SHARE at LAG_HIGH_SECS,
 so a burst is absorbed at nearly the full ingest rate and a sustained overload does not
-starve deliveries (ingest keeps at least half). With no sender waiting the processor takes
-all the time there is, giving the loop a turn every CHUNK_SECS of work.
+starve deliveries (ingest keeps at least half). A pause during which the process is mostly
+idle ends early. With no sender waiting the processor takes all the time there is, giving
+the loop a turn every CHUNK_SECS of work.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ CHUNK_SECS = 0.002
 # Senders seen waiting this recently still count: between two group commits nobody waits
 # for a moment, and that moment says nothing about the load.
 CONTENDED_MEMORY_SECS = 0.5
+# Senders also wait for commits when the CPU is not the limit (a few connections, each
+# waiting for its fsync). A pause is therefore taken in steps, and once IDLE_WINDOW_SECS of
+# it have passed with the process using less than IDLE_BELOW of a core, it ends: the time
+# would otherwise be lost, and the processor would fall behind a load the machine can carry.
+PAUSE_STEP_SECS = 0.001
+IDLE_WINDOW_SECS = 0.004
+IDLE_BELOW = 0.8
 
 
 def share_for(lag_secs: float) -> float:
@@ -50,6 +58,7 @@ class Pacer:
         *,
         chunk_secs: float = CHUNK_SECS,
         timer: Callable[[], float] = time.perf_counter,
+        cpu: Callable[[], float] = time.process_time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._waiting = waiting
@@ -57,9 +66,11 @@ class Pacer:
         self._clock = clock
         self._chunk = chunk_secs
         self._timer = timer
+        self._cpu = cpu
         self._sleep = sleep
         self._started = timer()
         self.paused_secs = 0.0  # time given to ingest (for the tests and the status page)
+        self.idle_resumes = 0  # pauses ended early because the process was idle
 
     def contended(self) -> bool:
         """Whether senders are waiting for commits, now or a moment ago."""
@@ -80,9 +91,19 @@ class Pacer:
             return
         if self.contended():
             share = share_for(self._clock() - received_at)
-            pause = worked * (1.0 - share) / share
-            self.paused_secs += pause
-            await self._sleep(pause)
+            await self._pause(worked * (1.0 - share) / share)
         else:
             await self._sleep(0)
         self._started = self._timer()
+
+    async def _pause(self, secs: float) -> None:
+        """Sleep `secs` in steps, ending early once the process has been mostly idle."""
+        start_wall, start_cpu = self._timer(), self._cpu()
+        waited = 0.0
+        while waited < secs:
+            await self._sleep(min(secs - waited, PAUSE_STEP_SECS))
+            waited = self._timer() - start_wall
+            if waited >= IDLE_WINDOW_SECS and self._cpu() - start_cpu < IDLE_BELOW * waited:
+                self.idle_resumes += 1
+                break
+        self.paused_secs += waited
