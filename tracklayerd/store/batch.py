@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -27,6 +27,12 @@ MAX_ROWS = 256
 DEFAULT_MAX_PARAMS = 32766
 
 Statement = tuple[str, list[Any]]
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int) -> list[list[T]]:
+    """`items` in lists of at most `size` (IN lists within the bound-parameter limit)."""
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
 def max_params(conn: sqlite3.Connection) -> int:

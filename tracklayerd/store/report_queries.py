@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tracklayerd.store import batch
 from tracklayerd.store.base import EventTally, ReportItem, ReportTally
 
 SENT_SQL = "('delivered', 'observed')"
@@ -124,9 +125,9 @@ class ReportQueries:
         found: dict[tuple[int, str | None], ReportItem] = {}
         # Event ids use their index. Order ids live only in the body: each chunk is a scan,
         # which is why this runs only for what the window did not explain.
-        lookups = [("e.event_id", chunk) for chunk in _chunks(sorted(set(event_ids)))]
+        lookups = [("e.event_id", chunk) for chunk in batch.chunks(sorted(set(event_ids)), CHUNK)]
         lookups += [("json_extract(CAST(e.body AS TEXT), '$.order_id')", chunk)
-                    for chunk in _chunks(sorted(set(order_ids)), 20_000)]
+                    for chunk in batch.chunks(sorted(set(order_ids)), 20_000)]
         for column, chunk in lookups:
             marks = ",".join("?" * len(chunk))
             for r in await self._fetchall(
@@ -139,7 +140,3 @@ class ReportQueries:
                 item = _item(r)
                 found[(item.event_row, item.destination)] = item
         return [found[key] for key in sorted(found, key=lambda k: (k[0], k[1] or ""))]
-
-
-def _chunks(items: list[str], size: int = CHUNK) -> list[list[str]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
