@@ -71,7 +71,7 @@ class Linger:
     at least `busy` of a core since the last group began), jobs keep arriving while the
     first waits; the writer then waits `step` at a time, for as long as the queue grows
     and at most `max_secs`, so one commit serves many requests (single events at 64
-    connections: ~6 → ~30 rows per commit, +25 % throughput; see docs/operations.md).
+    connections: ~6 → ~60 rows per commit, +25 % throughput; see docs/operations.md).
     """
 
     def __init__(
