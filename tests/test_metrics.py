@@ -281,6 +281,10 @@ class SummaryStore:
     async def queue_summary(self) -> dict[str, tuple[int, float | None]]:
         return self.summary
 
+    async def inbox_backlog(self, cursor_name: str) -> tuple[int, float | None]:
+        assert cursor_name == "processor"
+        return 0, None
+
 
 class BrokenStore:
     async def count_deliveries(self, *args: Any, **kwargs: Any) -> int:
@@ -425,3 +429,26 @@ async def test_serve_with_json_logs_writes_only_json_lines_and_serves_metrics(
     assert entries[-1]["msg"] == "stopped cleanly"
     for secret in RAW_SENSITIVE:  # hashes: see test_debug_logging_keeps_sql_parameters_out
         assert secret not in "".join(lines)
+
+
+async def test_the_processing_backlog_and_its_age_are_gauges(
+    make_client: Any, tmp_path: Path
+) -> None:
+    client = await make_client(make_config(tmp_path))
+    _, samples = await scrape(client)
+    assert series(samples, "tracklayerd_inbox_backlog") == {(): 0.0}
+    assert series(samples, "tracklayerd_processing_lag_seconds") == {(): 0.0}
+
+    before = time.time()
+    for i in range(3):
+        event = purchase(f"b-{i}")
+        assert (await client.post("/v1/events", json=event, headers=auth())).status == 200
+    _, samples = await scrape(client)
+    assert series(samples, "tracklayerd_inbox_backlog") == {(): 3.0}
+    (lag,) = series(samples, "tracklayerd_processing_lag_seconds").values()
+    assert 0.0 <= lag <= time.time() - before
+
+    assert await processor_of(client).run_until_idle() == 3
+    _, samples = await scrape(client)
+    assert series(samples, "tracklayerd_inbox_backlog") == {(): 0.0}
+    assert series(samples, "tracklayerd_processing_lag_seconds") == {(): 0.0}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import platform
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -35,7 +36,7 @@ from tracklayerd.config import Config
 from tracklayerd.errors import StoreUnavailable
 from tracklayerd.pipeline.mapping import BUILTIN_RULES
 from tracklayerd.segment_wire import MESSAGE_TYPES
-from tracklayerd.store.base import QUEUED, Exchange, ProcessedEvent, Store
+from tracklayerd.store.base import PROCESSOR_CURSOR, QUEUED, Exchange, ProcessedEvent, Store
 from tracklayerd.store.writer import Writer
 
 UNKNOWN_SOURCE = "unknown"  # the request named no configured source (bad key, unreadable)
@@ -230,7 +231,23 @@ async def scrape_gauges(store: Store, scheduler: DestinationWorkers) -> list[Met
     # The store's own trouble is logged where it happens; the counters still answer.
     with contextlib.suppress(StoreUnavailable):
         families.extend(await _queue_gauges(store, destinations, scheduler.clock.now()))
+        families.extend(await _backlog_gauges(store, time.time()))
     return families
+
+
+async def _backlog_gauges(store: Store, now: float) -> list[Metric]:
+    """What ingest accepted and the processor has not reached yet (docs/operations.md,
+    Processing during bursts): it grows during a burst, by design, and must drain after."""
+    count, oldest = await store.inbox_backlog(PROCESSOR_CURSOR)
+    backlog = GaugeMetricFamily(
+        "tracklayerd_inbox_backlog", "Accepted inbox records the processor has not "
+        "processed yet.")
+    backlog.add_metric([], float(count))
+    lag = GaugeMetricFamily(
+        "tracklayerd_processing_lag_seconds", "How long the oldest unprocessed inbox record "
+        "has waited (0: none waiting).")
+    lag.add_metric([], 0.0 if oldest is None else max(0.0, now - oldest))
+    return [backlog, lag]
 
 
 async def _queue_gauges(

@@ -35,6 +35,7 @@ from tracklayerd.pipeline.identity import Graph, keys_of, stitch
 from tracklayerd.pipeline.mapping import Mapper, rules_from_config
 from tracklayerd.pipeline.quality import PLATFORMS, identifiers_present, score
 from tracklayerd.store.base import (
+    PROCESSOR_CURSOR,
     DeliveryPlan,
     IdentityChanges,
     InboxRecord,
@@ -45,7 +46,7 @@ from tracklayerd.store.base import (
 log = logging.getLogger("tracklayerd.processor")
 consent_encoder = msgspec.json.Encoder()
 
-CURSOR = "processor"
+CURSOR = PROCESSOR_CURSOR
 SLICE = 500
 # While senders wait for commits: a slice's commit shares the writer with theirs, and 500
 # events take ~10-15 ms to write there (the ingest p99); 100 take ~2-3 ms.

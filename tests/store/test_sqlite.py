@@ -214,3 +214,18 @@ async def test_appends_larger_than_one_statement_keep_order_and_counts(
     expected = [r.message_id for b in batches for r in b] + [
         r.message_id for r in retried[:-1]] + ["d"]
     assert await store.inbox_message_ids("web") == expected
+
+
+async def test_inbox_backlog_counts_from_the_cursor_and_dates_the_oldest(
+    store: SQLiteStore,
+) -> None:
+    assert await store.inbox_backlog("processor") == (0, None)
+    await store.append_inbox([
+        InboxRow(source="web", message_id=f"m{i}", kind="native", received_at=100.0 + i,
+                 payload=b"{}") for i in range(5)])
+    assert await store.inbox_backlog("processor") == (5, 100.0)
+    await store.commit_processed([], "processor", 2)  # the first two are processed
+    assert await store.inbox_backlog("processor") == (3, 102.0)
+    assert await store.inbox_backlog("another") == (5, 100.0)
+    await store.commit_processed([], "processor", 5)
+    assert await store.inbox_backlog("processor") == (0, None)

@@ -209,7 +209,8 @@ async def test_status_and_trace_pages_render_in_chromium_without_console_errors(
         dom = await page.evaluate(DOM_SUMMARY)
         assert page.problems == []
         assert dom["title"] == "tracklayerd status"
-        assert dom["sections"] == ["sources", "destinations", "dedup", "validation"]
+        assert dom["sections"] == ["sources", "processing", "destinations", "dedup",
+                                   "validation"]
         assert dom["destinations"] == ["destination-meta", "destination-hook"]
         assert dom["sources"] == ["source-web", "source-shop"]
         assert len(dom["sparklines"]) == 4

@@ -283,6 +283,25 @@ async def test_status_of_an_empty_store(make_client: Any, tmp_path: Path) -> Non
     assert doc["destinations"] == []
     page = await (await client.get("/-/status")).text()
     assert "No destinations." in page
+    assert doc["processing"] == {"backlog": 0, "oldest_unprocessed_at": None, "lag_secs": None}
+    assert "The processor has processed every accepted event." in page
+
+
+async def test_status_shows_the_backlog_ingest_left_for_the_processor(
+    make_client: Any, tmp_path: Path
+) -> None:
+    client = await make_client(make_config(tmp_path))
+    for i in range(2):
+        assert (await client.post("/v1/events", json=purchase(f"p-{i}"),
+                                  headers=auth())).status == 200
+    processing = (await status_json(client))["processing"]
+    assert processing["backlog"] == 2
+    assert processing["oldest_unprocessed_at"] is not None and processing["lag_secs"] >= 0
+    page = await (await client.get("/-/status")).text()
+    assert "<b>2</b> accepted events wait for the processor" in page
+
+    await processor_of(client).run_until_idle()
+    assert (await status_json(client))["processing"]["backlog"] == 0
 
 
 # -- the counters behind the page ----------------------------------------------------------------

@@ -42,6 +42,8 @@ class DeliveryPlan(msgspec.Struct):
 
 
 QUEUED = ("pending", "retrying", "in_flight")
+# The processor's position in the inbox (the last record it processed), in `cursors`.
+PROCESSOR_CURSOR = "processor"
 TERMINAL = ("delivered", "dead", "suppressed", "observed")
 
 
@@ -224,6 +226,10 @@ class Store(Protocol):
     async def rejects(self, source: str) -> list[str]: ...
     async def read_inbox(self, after_seq: int, limit: int) -> list[InboxRecord]: ...
     async def cursor(self, name: str) -> int: ...
+
+    async def inbox_backlog(self, cursor_name: str) -> tuple[int, float | None]:
+        """Inbox records after the cursor `cursor_name` (an upper bound: records forgotten
+        meanwhile still count), and when the oldest of them was received (None: none)."""
 
     async def commit_processed(
         self, events: Sequence[ProcessedEvent], cursor_name: str, position: int,

@@ -319,6 +319,18 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
         rows = await self._fetchall("SELECT position FROM cursors WHERE name = ?", (name,))
         return int(rows[0][0]) if rows else 0
 
+    async def inbox_backlog(self, cursor_name: str) -> tuple[int, float | None]:
+        # max(seq) and the first row after the cursor are both one search of the primary
+        # key, whatever the size of the backlog.
+        rows = await self._fetchall(
+            "WITH c(position) AS (SELECT coalesce("
+            "(SELECT position FROM cursors WHERE name = ?), 0))"
+            " SELECT coalesce((SELECT max(seq) FROM inbox), 0) - c.position,"
+            " (SELECT received_at FROM inbox WHERE seq > c.position ORDER BY seq LIMIT 1)"
+            " FROM c", (cursor_name,))
+        count, oldest = rows[0]
+        return max(0, int(count)), oldest
+
     async def commit_processed(
         self, events: Sequence[ProcessedEvent], cursor_name: str, position: int,
         identity: IdentityChanges | None = None, now: float | None = None,

@@ -29,6 +29,7 @@ from tracklayerd.pipeline.contracts import CONTRACTS
 from tracklayerd.report import build_report
 from tracklayerd.scheduler import Scheduler
 from tracklayerd.store.base import (
+    PROCESSOR_CURSOR,
     QUEUED,
     TERMINAL,
     DeliveryCount,
@@ -123,11 +124,16 @@ async def status_document(
             [q for q in quality if q.destination == dest_id], sample_since))
 
     overlaps = await store.dedup_overlaps(sample_since)
+    backlog, oldest = await store.inbox_backlog(PROCESSOR_CURSOR)
     return {
         "generated_at": iso(now),
         "window": {"since": iso(since), "until": iso(until), "hours": WINDOW_HOURS,
                    "hour_starts": [iso(h) for h in hours]},
         "sources": sources,
+        # Accepted and not processed yet: grows during a burst by design (ingest first).
+        "processing": {"backlog": backlog,
+                       "oldest_unprocessed_at": None if oldest is None else iso(oldest),
+                       "lag_secs": None if oldest is None else round(max(0.0, now - oldest), 3)},
         "destinations": destinations,
         "dedup": {
             "duplicates": sum(s["duplicate"] for s in sources),

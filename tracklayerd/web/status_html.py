@@ -58,9 +58,11 @@ def render_status(doc: dict[str, Any]) -> str:
         f"<div>Generated {_e(doc['generated_at'])}; the window is the {_e(window['hours'])} "
         f"hours from {_e(window['since'])} to {_e(window['until'])} (UTC). "
         '<a href="/-/status.json">JSON</a></div></header><main>',
-        '<nav><a href="#sources">Sources</a><a href="#destinations">Destinations</a>'
+        '<nav><a href="#sources">Sources</a><a href="#processing">Processing</a>'
+        '<a href="#destinations">Destinations</a>'
         '<a href="#dedup">Deduplication</a><a href="#validation">Parallel validation</a></nav>',
         _sources(doc["sources"], hours),
+        _processing(doc["processing"]),
         _destinations(doc["destinations"], hours),
         _dedup(doc["dedup"]),
         _validation(doc["validation"]),
@@ -244,6 +246,21 @@ def _dead_letters(dead: Sequence[dict[str, Any]]) -> str:
     return ('<div class="dead-letters"><h4>Recent dead letters</h4><table><tr><th>Event</th>'
             "<th>Source</th><th>Name</th><th>Dead since</th><th>Attempts</th><th>Reason</th>"
             f"</tr>{rows}</table></div>")
+
+
+# -- processing ---------------------------------------------------------------------------------
+
+
+def _processing(processing: dict[str, Any]) -> str:
+    if not processing["backlog"]:
+        text = "The processor has processed every accepted event."
+    else:
+        text = (f"<b>{_num(processing['backlog'])}</b> accepted events wait for the processor; "
+                f"the oldest arrived {_e(processing['oldest_unprocessed_at'])} "
+                f"({_secs(processing['lag_secs'])} ago). During a burst ingest comes first "
+                "and this backlog is processed after it; one that keeps growing means more "
+                "traffic than this machine can process.")
+    return f'<section id="processing"><h2>Processing</h2><p>{text}</p></section>'
 
 
 # -- dedup and validation -----------------------------------------------------------------------
