@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -229,3 +231,29 @@ async def test_inbox_backlog_counts_from_the_cursor_and_dates_the_oldest(
     assert await store.inbox_backlog("another") == (5, 100.0)
     await store.commit_processed([], "processor", 5)
     assert await store.inbox_backlog("processor") == (0, None)
+
+
+async def test_a_checkpoint_keeps_this_process_locks_on_the_database(
+    store: SQLiteStore,
+) -> None:
+    # POSIX drops every lock a process holds on a file when it closes any descriptor of
+    # it. Had the checkpoint closed one of its own, another process closing its last
+    # connection would find the database unlocked, checkpoint it and delete the WAL under
+    # the running writer (seen as "database disk image is malformed").
+    await store.append_inbox([row(f"w{i}") for i in range(50)])
+    await asyncio.to_thread(store._checkpoint)
+    await store.append_inbox([row("after-checkpoint")])
+    wal = store.path.with_name(store.path.name + "-wal")
+    assert wal.exists()
+    other = f"import sqlite3; c = sqlite3.connect({str(store.path)!r}); " \
+            "c.execute('SELECT count(*) FROM inbox').fetchone(); c.close()"
+    await asyncio.to_thread(subprocess.run, [sys.executable, "-c", other], check=True)
+    assert wal.exists()  # the other process saw our locks: it left the WAL alone
+    await store.append_inbox([row("after-other")])
+    ids = await store.inbox_message_ids("web")
+    assert ids[-2:] == ["after-checkpoint", "after-other"] and len(ids) == 52
+    conn = sqlite3.connect(store.path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()

@@ -115,6 +115,7 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
         self._checkpoint_idle_secs = checkpoint_idle_secs
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._flush_fd: int | None = None  # the database file, for the checkpoint's fdatasync
         self._inbox_listeners: list[Callable[[], None]] = []
         self._checkpoint_timer: asyncio.TimerHandle | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
@@ -144,6 +145,11 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
         before, after = self._migrated
         if before != after:
             log.info("store schema migrated from version %d to %d", before, after)
+        # For the checkpoint thread's fdatasync. Held open until every connection is closed:
+        # POSIX drops all of a process's locks on a file when any descriptor of it is
+        # closed, and another process closing its last connection would then find the
+        # database unlocked, checkpoint it and delete the WAL under our writer.
+        self._flush_fd = os.open(self.path, os.O_RDONLY)
         self._reader = await aiosqlite.connect(self.path)
         await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         await self._reader.execute("PRAGMA query_only = ON")
@@ -159,6 +165,9 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
+        if self._flush_fd is not None:
+            os.close(self._flush_fd)  # last: no connection of ours is left to lose its locks
+            self._flush_fd = None
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -247,8 +256,8 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
                 # the writer's tail, which then flushed the whole pass (~10-20 ms with
                 # every commit waiting). Flushing here, off the writer, leaves the tail a
                 # few pages.
-                if self._synchronous != "OFF":
-                    _flush_file(self.path)
+                if self._synchronous != "OFF" and self._flush_fd is not None:
+                    os.fdatasync(self._flush_fd)
                 # The bulk is copied; the writer finishes the tail between two groups.
                 if self._writer is not None:
                     self._writer.checkpoint_tail_wanted = True
@@ -501,12 +510,3 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
                 return list(await cursor.fetchall())
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"read failed: {exc}") from exc
-
-
-def _flush_file(path: Path) -> None:
-    """fdatasync a file through a descriptor of our own (flushes every writer's pages)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
