@@ -257,7 +257,7 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
                 # every commit waiting). Flushing here, off the writer, leaves the tail a
                 # few pages.
                 if self._synchronous != "OFF" and self._flush_fd is not None:
-                    os.fdatasync(self._flush_fd)
+                    _fdatasync(self._flush_fd)
                 # The bulk is copied; the writer finishes the tail between two groups.
                 if self._writer is not None:
                     self._writer.checkpoint_tail_wanted = True
@@ -510,3 +510,7 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
                 return list(await cursor.fetchall())
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"read failed: {exc}") from exc
+
+
+# macOS has no fdatasync (a local dev mirror runs there too).
+_fdatasync = getattr(os, "fdatasync", os.fsync)
