@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from tracklayerd.errors import StartupError, StoreUnavailable
 from tracklayerd.store import schema
 from tracklayerd.store.base import InboxRow
 from tracklayerd.store.sqlite import SQLiteStore
+from tracklayerd.threads import BACKGROUND_NICE, MAX_NICE
 
 
 def row(message_id: str, source: str = "web") -> InboxRow:
@@ -257,3 +259,17 @@ async def test_a_checkpoint_keeps_this_process_locks_on_the_database(
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         conn.close()
+
+
+async def test_background_checkpoints_run_at_a_lower_cpu_priority(store: SQLiteStore) -> None:
+    def nice_of_this_thread() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    loop = asyncio.get_running_loop()
+    ours = nice_of_this_thread()
+    theirs = await loop.run_in_executor(store._checkpointer, nice_of_this_thread)
+    if sys.platform == "linux":  # where a nice value belongs to the thread
+        assert theirs == min(MAX_NICE, ours + BACKGROUND_NICE)
+    assert nice_of_this_thread() == ours  # the event loop's own priority is untouched
+    await asyncio.to_thread(store._checkpoint)
+    assert store.checkpoints >= 1
