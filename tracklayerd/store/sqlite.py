@@ -117,12 +117,7 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
         self._checkpoint_idle_secs = checkpoint_idle_secs
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
-        # Background checkpoints run on a thread of their own at a lower CPU priority
-        # (threads.lower_priority): copying the WAL is ~35 ms of CPU a second under load,
-        # and at equal priority it took half the core from the event loop meanwhile.
-        self._checkpointer = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="tracklayerd-checkpoint",
-            initializer=threads.lower_priority)
+        self._checkpointer: ThreadPoolExecutor | None = None
         self._flush_fd: int | None = None  # the database file, for the checkpoint's fdatasync
         self._inbox_listeners: list[Callable[[], None]] = []
         self._checkpoint_timer: asyncio.TimerHandle | None = None
@@ -158,6 +153,12 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
         # closed, and another process closing its last connection would then find the
         # database unlocked, checkpoint it and delete the WAL under our writer.
         self._flush_fd = os.open(self.path, os.O_RDONLY)
+        # Background checkpoints run on a thread of their own at a lower CPU priority
+        # (threads.lower_priority): copying the WAL is ~35 ms of CPU a second under load,
+        # and at equal priority it took half the core from the event loop meanwhile.
+        self._checkpointer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="tracklayerd-checkpoint",
+            initializer=threads.lower_priority)
         self._reader = await aiosqlite.connect(self.path)
         await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         await self._reader.execute("PRAGMA query_only = ON")
@@ -173,7 +174,9 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
-        self._checkpointer.shutdown(wait=True)
+        if self._checkpointer is not None:
+            self._checkpointer.shutdown(wait=True)
+            self._checkpointer = None
         if self._flush_fd is not None:
             os.close(self._flush_fd)  # last: no connection of ours is left to lose its locks
             self._flush_fd = None
@@ -247,7 +250,7 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
             self._checkpoint_timer.cancel()
             self._checkpoint_timer = None
         running = self._checkpoint_task is not None and not self._checkpoint_task.done()
-        if self._closing or running:
+        if self._closing or running or self._checkpointer is None:
             return
         self.writer.stats.rows_since_checkpoint = 0
         loop = asyncio.get_running_loop()
