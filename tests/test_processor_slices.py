@@ -14,6 +14,7 @@ import pytest
 
 import tracklayerd.processor as processor_module
 from tests.conftest import make_config, purchase
+from tracklayerd.config import Config
 from tracklayerd.errors import StoreUnavailable
 from tracklayerd.pacing import Pacer
 from tracklayerd.processor import CURSOR, Pipeline, Processor
@@ -48,6 +49,16 @@ async def filled(path: Path, **options: Any) -> SQLiteStore:
                  payload=msgspec.json.encode(e))
         for i, e in enumerate(traffic())])
     return store
+
+
+async def reference_outcome(tmp_path: Path, config: Config) -> list[tuple[Any, ...]]:
+    """The traffic processed with the default slicing, nothing in its way."""
+    reference = await filled(tmp_path / "reference.sqlite3")
+    await Processor(reference, Pipeline(config)).run_until_idle()
+    try:
+        return await outcome(reference)
+    finally:
+        await reference.close()
 
 
 def recording_pacer(senders_waiting: bool) -> tuple[Pacer, list[float]]:
@@ -95,8 +106,7 @@ async def test_a_failed_commit_discards_the_slice_read_ahead(
 ) -> None:
     monkeypatch.setattr(processor_module, "SLICE", 4)
     config = make_config(tmp_path, destinations=DESTINATIONS)
-    reference = await filled(tmp_path / "reference.sqlite3")
-    await Processor(reference, Pipeline(config)).run_until_idle()
+    expected = await reference_outcome(tmp_path, config)
 
     store = await filled(tmp_path / "db.sqlite3", busy_timeout_ms=30)
     blocker = sqlite3.connect(store.path, isolation_level=None)
@@ -115,10 +125,8 @@ async def test_a_failed_commit_discards_the_slice_read_ahead(
     blocker.close()
 
     assert await processor.process_available() == 20
-    assert await outcome(store) == await outcome(reference)
+    assert await outcome(store) == expected
     await store.close()
-    await reference.close()
-
 
 
 async def test_while_senders_wait_slices_are_smaller_and_paced(
@@ -126,8 +134,7 @@ async def test_while_senders_wait_slices_are_smaller_and_paced(
 ) -> None:
     monkeypatch.setattr(processor_module, "SLICE_CONTENDED", 5)
     config = make_config(tmp_path, destinations=DESTINATIONS)
-    reference = await filled(tmp_path / "reference.sqlite3")
-    await Processor(reference, Pipeline(config)).run_until_idle()
+    expected = await reference_outcome(tmp_path, config)
 
     store = await filled(tmp_path / "db.sqlite3")
     pacer, pauses = recording_pacer(senders_waiting=True)
@@ -137,9 +144,8 @@ async def test_while_senders_wait_slices_are_smaller_and_paced(
     assert await processor.process_available() == 24
     assert len(slices) == 5  # 5 + 5 + 5 + 5 + 4, not one slice of 24
     assert pauses and all(p > 0 for p in pauses) and pacer.paused_secs > 0
-    assert await outcome(store) == await outcome(reference)
+    assert await outcome(store) == expected
     await store.close()
-    await reference.close()
 
 
 async def test_a_trickle_after_a_slice_waits_for_the_next_round(

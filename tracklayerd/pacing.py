@@ -69,7 +69,7 @@ class Pacer:
         self._cpu = cpu
         self._sleep = sleep
         self._started = timer()
-        self.paused_secs = 0.0  # time given to ingest (for the tests and the status page)
+        self.paused_secs = 0.0  # time given to ingest (read by the tests)
         self.idle_resumes = 0  # pauses ended early because the process was idle
 
     def contended(self) -> bool:

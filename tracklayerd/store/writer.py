@@ -87,7 +87,7 @@ class Linger:
         self._cpu = cpu
         self._sleep = sleep
         self._since = (wall(), cpu())
-        self.waits = 0  # groups that waited (for the tests and the status page)
+        self.waits = 0  # groups that waited (read by the tests)
 
     def wait(self, queued: Callable[[], int]) -> float:
         """Called when a group's first job arrives; returns the seconds waited."""
