@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sqlite3
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,6 +37,30 @@ async def test_batch_is_stored_in_order(make_client: Any) -> None:
     assert resp.status == 200
     assert await resp.json() == {"success": True, "accepted": 50, "duplicates": 0}
     assert await store_of(client).inbox_message_ids("web") == [f"e-{i}" for i in range(50)]
+
+
+async def test_a_batch_request_is_freed_when_answered_not_left_to_the_collector(
+    make_client: Any,
+) -> None:
+    # A batch is first tried as one event; the failed attempt's exception, if kept, refers
+    # to the handler's frame, which holds the request and its ~100 KB body until a full
+    # collection.
+    client = await make_client()
+    body = {"events": [purchase(f"e-{i}") for i in range(5)]}
+    gc.collect()
+    gc.disable()
+    try:
+        resp = await client.post("/v1/events", json=body, headers=auth())
+        assert resp.status == 200
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        held = [type(o).__name__ for o in gc.garbage
+                if isinstance(o, web.BaseRequest | msgspec.ValidationError)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert held == []
 
 
 async def test_retry_with_same_event_id_is_stored_once_and_still_200(make_client: Any) -> None:

@@ -279,9 +279,14 @@ async def test_malformed_bodies_are_counted_for_their_source(
     client = await make_client(segment_config(tmp_path))
     assert (await client.post("/v1/batch", data=b"{", headers=basic(KEY))).status == 400
     assert (await client.post("/v1/batch", json={"x": 1}, headers=basic(KEY))).status == 400
+    # Well-formed JSON of the wrong shape is not called malformed.
+    wrong_type = await client.post("/v1/batch", json=[1, 2], headers=basic(KEY))
+    assert wrong_type.status == 400
+    assert "malformed" not in (await wrong_type.json())["message"]
     rejects = await store_of(client).rejects("web")
-    assert [r.split(":")[0] for r in rejects] == ["invalid_request"] * 2
+    assert [r.split(":")[0] for r in rejects] == ["invalid_request"] * 3
     assert "malformed JSON" in rejects[0] and "`batch` list" in rejects[1]
+    assert "malformed" not in rejects[2]
 
 
 async def test_unknown_paths_answer_with_a_code_segment_clients_can_read(

@@ -194,6 +194,11 @@ async def test_invalid_events_in_a_webhook_batch_are_recorded(
     assert "a track call needs a non-empty event name" in reason
     resp = await post(client, "/ingest/seg", b"[1, 2", Authorization=AUTH)
     assert resp.status == 400
+    assert "malformed JSON" in (await resp.json())["message"]
+    # Well-formed JSON of the wrong shape is named as such, not called malformed.
+    resp = await post(client, "/ingest/seg", b'{"batch": 5}', Authorization=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["message"].startswith("expected an event, an array of events")
 
 
 @settings(max_examples=100, deadline=None,

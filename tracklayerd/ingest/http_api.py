@@ -80,12 +80,15 @@ class NativeIngest:
             return body
         # Most requests are one valid event: decode it as one first (a batch fails fast, on
         # its unknown top-level "events" key) and look closer only when that fails.
+        # Errors are kept as (path, message), never as exceptions: an exception held in a
+        # local refers to this frame through its traceback, a cycle that kept each batch's
+        # request and body alive until the garbage collector's next full pass.
         try:
             event = native_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            single_problem = validation_problem(exc)
         except msgspec.DecodeError as exc:
-            if not isinstance(exc, msgspec.ValidationError):
-                return await self._reject(source_id, "malformed_json", f"malformed JSON: {exc}")
-            single_error = exc
+            return await self._reject(source_id, "malformed_json", f"malformed JSON: {exc}")
         else:
             if len(body) > source.max_event_bytes:
                 return _too_big_event(len(body), source.max_event_bytes)
@@ -96,7 +99,7 @@ class NativeIngest:
         try:
             batch = _batch_decoder.decode(body)
         except msgspec.ValidationError as exc:
-            batch_error = exc
+            batch_problem = validation_problem(exc)
         except msgspec.DecodeError as exc:  # invalid, and malformed further on
             return await self._reject(source_id, "malformed_json", f"malformed JSON: {exc}")
         else:
@@ -110,9 +113,9 @@ class NativeIngest:
         if probe.events is None:
             if len(body) > source.max_event_bytes:
                 return _too_big_event(len(body), source.max_event_bytes)
-            path, message = validation_problem(single_error)
+            path, message = single_problem
             return await self._reject(source_id, "invalid_event", message, path=path)
-        path, message = validation_problem(batch_error)
+        path, message = batch_problem
         return await self._reject(source_id, "invalid_request", message, path=path)
 
     async def _batch(

@@ -128,10 +128,10 @@ class SegmentIngest:
                 envelope = BatchProbe()
                 single = _single_probe_decoder.decode(body)
                 body_key = single.writeKey if isinstance(single.writeKey, str) else None
+        except msgspec.ValidationError as exc:  # before DecodeError, its base class
+            return await self._invalid(header_key, f"invalid body: {exc}")
         except msgspec.DecodeError as exc:
             return await self._invalid(header_key, f"malformed JSON: {exc}")
-        except msgspec.ValidationError as exc:
-            return await self._invalid(header_key, f"invalid body: {exc}")
 
         source_id = self._keys.source_for(body_key or header_key)
         note_source(request, source_id)

@@ -123,12 +123,12 @@ class WebhookIngest:
             return body
         try:
             events = split_events(body)
+        except msgspec.ValidationError as exc:  # before DecodeError, its base class
+            events = None
+            problem = f"expected an event, an array of events or {{\"batch\": [...]}}: {exc}"
         except msgspec.DecodeError as exc:
             events = None
             problem = f"malformed JSON: {exc}"
-        except msgspec.ValidationError as exc:
-            events = None
-            problem = f"expected an event, an array of events or {{\"batch\": [...]}}: {exc}"
         if not self._authorized(source, body, events or [], request):
             log.warning("webhook source %s: refused a request with a missing or bad "
                         "signature or authorization", source_id)
