@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tracklayerd.app import PROCESSOR, STORE, create_app
@@ -84,3 +87,24 @@ def restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@contextlib.contextmanager
+def left_to_the_collector() -> Iterator[list[str]]:
+    """Yields a list that, after the block, names the requests and exceptions that only the
+    garbage collector would have freed (held in reference cycles). tracklayerd raises the
+    collector's threshold (tracklayerd/memory.py), which is only safe while requests free
+    themselves when answered."""
+    gc.collect()
+    gc.disable()
+    held: list[str] = []
+    try:
+        yield held
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        held.extend(type(o).__name__ for o in gc.garbage
+                    if isinstance(o, web.BaseRequest | BaseException))
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

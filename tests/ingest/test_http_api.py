@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import sqlite3
 import threading
@@ -11,11 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from aiohttp import web
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import TOKEN, auth, make_config, processor_of, purchase, store_of
+from tests.conftest import (
+    TOKEN,
+    auth,
+    left_to_the_collector,
+    make_config,
+    processor_of,
+    purchase,
+    store_of,
+)
 from tracklayerd.events import Event
 
 
@@ -39,27 +46,25 @@ async def test_batch_is_stored_in_order(make_client: Any) -> None:
     assert await store_of(client).inbox_message_ids("web") == [f"e-{i}" for i in range(50)]
 
 
-async def test_a_batch_request_is_freed_when_answered_not_left_to_the_collector(
-    make_client: Any,
+@pytest.mark.parametrize("body", [
+    purchase("one"),
+    {"events": [purchase(f"e-{i}") for i in range(5)]},
+    {"events": [purchase("ok"), {"event": 5}]},
+    {"event": 5},
+    {"events": [{"event": 5}]},
+], ids=["single", "batch", "partial-batch", "invalid-single", "invalid-batch"])
+async def test_requests_are_freed_when_answered_not_left_to_the_collector(
+    make_client: Any, body: Any,
 ) -> None:
-    # A batch is first tried as one event; the failed attempt's exception, if kept, refers
-    # to the handler's frame, which holds the request and its ~100 KB body until a full
-    # collection.
+    # E.g. a batch is first tried as one event; that attempt's exception, if kept, refers
+    # to the handler's frame, which holds the request and its ~100 KB body.
     client = await make_client()
-    body = {"events": [purchase(f"e-{i}") for i in range(5)]}
-    gc.collect()
-    gc.disable()
-    try:
-        resp = await client.post("/v1/events", json=body, headers=auth())
-        assert resp.status == 200
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        held = [type(o).__name__ for o in gc.garbage
-                if isinstance(o, web.BaseRequest | msgspec.ValidationError)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    with left_to_the_collector() as held:
+        for _ in range(3):
+            resp = await client.post("/v1/events", json=body, headers=auth())
+            assert resp.status in (200, 400)
+        resp = await client.post("/v1/events", data=b'{"event": ', headers=auth())
+        assert resp.status == 400
     assert held == []
 
 

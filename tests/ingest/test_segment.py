@@ -14,7 +14,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import make_config, processor_of, store_of
+from tests.conftest import left_to_the_collector, make_config, processor_of, store_of
 from tracklayerd.events import Event
 
 KEY = "wk-live-1"
@@ -287,6 +287,19 @@ async def test_malformed_bodies_are_counted_for_their_source(
     assert [r.split(":")[0] for r in rejects] == ["invalid_request"] * 3
     assert "malformed JSON" in rejects[0] and "`batch` list" in rejects[1]
     assert "malformed" not in rejects[2]
+
+
+async def test_requests_are_freed_when_answered_not_left_to_the_collector(
+    make_client: Any, tmp_path: Path
+) -> None:
+    client = await make_client(segment_config(tmp_path))
+    with left_to_the_collector() as held:
+        for path, body in (("/v1/track", track("one")),
+                           ("/v1/batch", {"batch": [track("a"), track("b"), {"type": 5}]}),
+                           ("/v1/batch", [1, 2]), ("/v1/track", {"type": "track"})):
+            resp = await client.post(path, json=body, headers=basic(KEY))
+            assert resp.status in (200, 400)
+    assert held == []
 
 
 async def test_unknown_paths_answer_with_a_code_segment_clients_can_read(

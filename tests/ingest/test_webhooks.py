@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import make_config, processor_of, store_of
+from tests.conftest import left_to_the_collector, make_config, processor_of, store_of
 
 SECRET = "whsec-test-1"
 AUTH = "Bearer forwarder-token"
@@ -199,6 +199,19 @@ async def test_invalid_events_in_a_webhook_batch_are_recorded(
     resp = await post(client, "/ingest/seg", b'{"batch": 5}', Authorization=AUTH)
     assert resp.status == 400
     assert (await resp.json())["message"].startswith("expected an event, an array of events")
+
+
+async def test_requests_are_freed_when_answered_not_left_to_the_collector(
+    make_client: Any, tmp_path: Path
+) -> None:
+    client = await make_client(config(tmp_path))
+    with left_to_the_collector() as held:
+        for body in (js_stringify(event("one")),
+                     js_stringify([event("a"), {"type": "track", "userId": "u"}]),
+                     b'{"batch": 5}', b"[1, 2"):
+            resp = await post(client, "/ingest/seg", body, Authorization=AUTH)
+            assert resp.status in (200, 400)
+    assert held == []
 
 
 @settings(max_examples=100, deadline=None,
