@@ -38,6 +38,7 @@ from tracklayerd.pipeline.mapping import BUILTIN_RULES
 from tracklayerd.segment_wire import MESSAGE_TYPES
 from tracklayerd.store.base import PROCESSOR_CURSOR, QUEUED, Exchange, ProcessedEvent, Store
 from tracklayerd.store.writer import Writer
+from tracklayerd.web import errors
 
 UNKNOWN_SOURCE = "unknown"  # the request named no configured source (bad key, unreadable)
 OTHER_EVENT = "other"  # a name that no mapping or destination filter of the config knows
@@ -297,20 +298,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def counted_ingest(metrics: Metrics | None, handler: Handler) -> Handler:
-    """Count each answer of an ingest handler by source (see note_source) and status."""
+    """An ingest handler, guarded (web/errors.py), each answer counted by source (see
+    note_source) and status. One wrapper for both: each level costs every request."""
     if metrics is None:
-        return handler
+        return errors.guarded(handler)
 
-    async def counted(request: web.Request) -> web.StreamResponse:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            metrics.ingest_answered(request.get(_SOURCE_KEY), exc.status)
-            raise
-        except Exception:  # app.web.errors.guarded answers it with a 500
-            metrics.ingest_answered(request.get(_SOURCE_KEY), 500)
-            raise
-        metrics.ingest_answered(request.get(_SOURCE_KEY), response.status)
-        return response
+    def answered(request: web.Request, status: int) -> None:
+        metrics.ingest_answered(request.get(_SOURCE_KEY), status)
 
-    return counted
+    return errors.guarded(handler, answered)

@@ -18,7 +18,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from tracklayerd.errors import StoreUnavailable
 from tracklayerd.secrets import Secrets, as_bytes
-from tracklayerd.store.base import InboxRow, Store
+from tracklayerd.store.base import Store
 
 log = logging.getLogger("tracklayerd.ingest")
 
@@ -78,17 +78,6 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     if len(body) > max_bytes:
         raise TooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
     return body
-
-
-async def append_durably(
-    store: Store, rows: Sequence[InboxRow], timeout_secs: float
-) -> int:
-    """Append rows and wait for their COMMIT. StoreUnavailable means: answer 503, retry later.
-
-    After a timeout the rows may still commit; the sender's retry is then deduplicated by
-    (source, message_id), so a 503 never causes a duplicate and a 200 is never premature.
-    """
-    return await store.append_inbox(rows, commit_timeout=timeout_secs)
 
 
 async def note_reject(store: Store, source_id: str, reason: str) -> None:

@@ -25,7 +25,6 @@ from tracklayerd.events import NativeBatch, NativeEvent, derived_event_id, nativ
 from tracklayerd.ingest.common import (
     ClientAddress,
     KeyRing,
-    append_durably,
     error_response,
     json_response,
     note_reject,
@@ -172,7 +171,7 @@ class NativeIngest:
 
     async def _commit(self, rows: list[InboxRow], rejected: list[dict[str, Any]]) -> web.Response:
         try:
-            inserted = await append_durably(self._store, rows, self._timeout)
+            inserted = await self._store.append_inbox(rows, commit_timeout=self._timeout)
         except StoreUnavailable as exc:
             return unavailable(exc)
         if len(rows) == 1 and not rejected:

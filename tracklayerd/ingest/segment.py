@@ -27,7 +27,6 @@ from tracklayerd.ingest.common import (
     KeyRing,
     TooLarge,
     UnreadableBody,
-    append_durably,
     basic_username,
     error_response,
     note_reject,
@@ -192,7 +191,7 @@ async def commit_prepared(
         return error_response(400, "invalid_request", reason if len(prepared.rejected) <= 1
                       else f"no valid messages; [{index}] {reason}")
     try:
-        await append_durably(store, prepared.rows, timeout_secs)
+        await store.append_inbox(prepared.rows, commit_timeout=timeout_secs)
     except StoreUnavailable as exc:
         return unavailable(exc)
     return web.Response(status=200, body=SUCCESS, content_type="application/json")

@@ -6,7 +6,7 @@ nothing here may assume SQLite.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -211,13 +211,17 @@ class Store(Protocol):
     def on_inbox_append(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the event loop) after a commit that added inbox rows."""
 
-    async def append_inbox(
+    def append_inbox(
         self, rows: Sequence[InboxRow], commit_timeout: float | None = None
-    ) -> int:
-        """Durably store rows; duplicates of (source, message_id) are ignored.
+    ) -> Awaitable[int]:
+        """Durably store rows; duplicates of (source, message_id) are ignored. The rows
+        are submitted by the call; awaiting the result waits for their COMMIT.
 
-        Returns how many were new. Raises StoreUnavailable when it cannot commit, or not
-        within commit_timeout seconds (the rows may still commit later).
+        Gives how many were new. Raises StoreUnavailable when it cannot commit, or not
+        within commit_timeout seconds: answer 503, the sender retries. The rows may still
+        commit after a timeout; the retry is then deduplicated by (source, message_id), so a
+        503 never causes a duplicate and a 200 is never premature.
+        (Not a coroutine: on the ingest hot path every coroutine level costs each request.)
         """
 
     async def record_reject(self, source: str, reason: str) -> None:

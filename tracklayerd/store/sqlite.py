@@ -282,18 +282,16 @@ class SQLiteStore(DeliveryQueries, DedupQueries, IdentityQueries, ReportQueries,
 
     # -- ingest ---------------------------------------------------------------------------
 
-    async def append_inbox(
+    def append_inbox(
         self, rows: Sequence[InboxRow], commit_timeout: float | None = None
-    ) -> int:
+    ) -> asyncio.Future[int]:
         params = [
             (r.source, r.message_id, r.kind, r.received_at, r.request_ip, r.payload) for r in rows
         ]
-
-        inserted: int = await self.writer.run(
+        return self.writer.submit(
             BulkInsert(INSERT_INBOX, params), rows=len(params), tag=INBOX_TAG,
             commit_timeout=commit_timeout,
         )
-        return inserted
 
     async def record_reject(self, source: str, reason: str) -> None:
         # Only our own description of the problem is kept (no raw sample): raw input may

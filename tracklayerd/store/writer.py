@@ -137,7 +137,11 @@ class Writer:
     ) -> None:
         self._connect = connect
         self._loop = loop
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
+        # Jobs submitted during one pass of the event loop go to the thread together, at
+        # its end (_flush): one hand-over, and one wake-up of the thread, per pass instead
+        # of per request. Each wake-up made the thread take the GIL from the busy loop.
+        self._outbox: list[_Pending] = []
         self._max_pending_rows = max_pending_rows
         self._pending_rows = 0  # touched only on the event loop thread
         self._pending_by_tag: collections.Counter[str] = collections.Counter()
@@ -188,13 +192,20 @@ class Writer:
         self._pending_rows += rows
         if tag is not None:
             self._pending_by_tag[tag] += 1
-        self._queue.put(_Pending(job, future, rows, tag))
+        self._outbox.append(_Pending(job, future, rows, tag))
+        if len(self._outbox) == 1:
+            self._loop.call_soon(self._flush)
         if commit_timeout is not None:
             deadline = self._loop.time() + commit_timeout
             self._deadlines.append((deadline, future))
             if self._sweep_handle is None:
                 self._sweep_handle = self._loop.call_at(deadline, self._sweep)
         return future
+
+    def _flush(self) -> None:
+        if self._outbox:
+            self._queue.put(self._outbox)
+            self._outbox = []
 
     def _sweep(self) -> None:
         self._sweep_handle = None
@@ -220,6 +231,7 @@ class Writer:
         if self._stopped:
             return
         self._stopped = True
+        self._flush()
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -244,40 +256,46 @@ class Writer:
             self._loop.call_soon_threadsafe(_set_exception, ready, exc)
             return
         self._loop.call_soon_threadsafe(_set_result, ready, None)
+        carried: collections.deque[_Pending] = collections.deque()  # taken, not committed
+        stop = False
         try:
-            while True:
-                first = self._queue.get()
-                if first is None:
-                    break
-                self.linger.wait(self._queue.qsize)
-                group = [first]
-                rows = first.rows
-                stop = False
+            while not stop or carried:
+                if not carried:
+                    first = self._queue.get()
+                    if first is None:
+                        break
+                    carried.extend(first)
+                    self.linger.wait(self._queue.qsize)
+                group: list[_Pending] = []
+                rows = 0
                 while rows < MAX_ROWS_PER_COMMIT:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stop = True
-                        break
+                    if not carried:
+                        if stop:
+                            break
+                        try:
+                            more = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if more is None:
+                            stop = True  # commit what was queued before it, then end
+                            continue
+                        carried.extend(more)
+                    item = carried.popleft()
                     group.append(item)
                     rows += item.rows
                 self._commit_group(conn, group, rows)
                 if self.checkpoint_tail_wanted:
                     self.checkpoint_tail_wanted = False
                     self._checkpoint_tail(conn)
-                if stop:
-                    break
             # Drain what raced with stop(): commit it rather than drop it.
             leftovers: list[_Pending] = []
             while True:
                 try:
-                    item = self._queue.get_nowait()
+                    more = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not None:
-                    leftovers.append(item)
+                if more is not None:
+                    leftovers.extend(more)
             if leftovers:
                 self._commit_group(conn, leftovers, sum(p.rows for p in leftovers))
         finally:

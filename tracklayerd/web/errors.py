@@ -22,22 +22,38 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
-def guarded(handler: Handler) -> Handler:
+def guarded(
+    handler: Handler, answered: Callable[[web.Request, int], None] | None = None
+) -> Handler:
+    """The handler, never raising: errors become JSON answers. `answered` is told the
+    status of every answer (tracklayerd.metrics counts ingest answers with it)."""
+    if getattr(handler, GUARDED, False):
+        return handler
+
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
+                if answered is not None:
+                    answered(request, exc.status)
                 raise
-            return http_error(exc)
+            response = http_error(exc)
         except Exception:
             log.exception("unhandled error serving %s %s", request.method, request.path)
-            return json_response(500, {"success": False, "error": "internal",
-                                       "code": "internal",
-                                       "message": "internal error; retry later"})
+            response = json_response(500, {"success": False, "error": "internal",
+                                           "code": "internal",
+                                           "message": "internal error; retry later"})
+        if answered is not None:
+            answered(request, response.status)
+        return response
 
+    setattr(answer, GUARDED, True)
     return answer
+
+
+GUARDED = "_tracklayerd_guarded"
 
 
 def http_error(exc: web.HTTPException) -> web.Response:
@@ -48,7 +64,7 @@ def http_error(exc: web.HTTPException) -> web.Response:
 
 
 def install(app: web.Application, routes: Iterable[web.RouteDef]) -> None:
-    """Add the routes, each guarded, then the catch-all for everything else."""
+    """Add the routes, each guarded (once), then the catch-all for everything else."""
     app.router.add_routes(
         [web.RouteDef(r.method, r.path, guarded(r.handler), r.kwargs) for r in routes])
     app.router.add_route("*", "/{tail:.*}", unmatched, name=UNMATCHED)
