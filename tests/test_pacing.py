@@ -7,7 +7,6 @@ import pytest
 from tracklayerd.pacing import (
     CONTENDED_MEMORY_SECS,
     IDLE_BELOW,
-    IDLE_WINDOW_SECS,
     LAG_HIGH_SECS,
     LAG_LOW_SECS,
     MAX_SHARE,
@@ -80,8 +79,25 @@ async def test_a_pause_ends_once_the_process_has_been_mostly_idle() -> None:
     # not fall behind a load the machine can carry.
     rig = Rig(busy=IDLE_BELOW - 0.1)
     await rig.work(0.004, received_at=rig.now)
-    assert sum(rig.pauses) == pytest.approx(IDLE_WINDOW_SECS)
+    assert sum(rig.pauses) == pytest.approx(PAUSE_STEP_SECS)
     assert rig.pacer.idle_resumes == 1
+
+
+async def test_a_pause_ends_within_a_step_of_the_load_dropping() -> None:
+    # Judged step by step, not on the whole pause: 40 ms of saturation before the load
+    # stops must not keep the processor waiting while the average catches up.
+    rig = Rig(busy=1.0)
+    saturated_until = rig.timer + 0.004 + 0.040
+    record_sleep = rig.sleep
+
+    async def sleep(secs: float) -> None:
+        rig.busy = 1.0 if rig.timer < saturated_until else 0.0
+        await record_sleep(secs)
+
+    rig.pacer._sleep = sleep
+    await rig.work(0.004, received_at=rig.now)
+    assert rig.pacer.idle_resumes == 1
+    assert sum(rig.pauses) == pytest.approx(0.040 + PAUSE_STEP_SECS)
 
 
 async def test_a_busy_process_keeps_the_whole_pause() -> None:
