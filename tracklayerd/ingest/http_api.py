@@ -201,6 +201,8 @@ def _too_big_event(size: int, limit: int, path: str | None = None) -> web.Respon
 
 def _bearer(request: web.Request) -> str | None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
 
 
