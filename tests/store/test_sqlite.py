@@ -17,7 +17,7 @@ from tracklayerd.errors import StartupError, StoreUnavailable
 from tracklayerd.store import schema
 from tracklayerd.store.base import InboxRow
 from tracklayerd.store.sqlite import SQLiteStore
-from tracklayerd.threads import BACKGROUND_NICE, MAX_NICE
+from tracklayerd.threads import BACKGROUND_NICE, MAX_NICE, share_gil_with_store_threads
 
 
 def row(message_id: str, source: str = "web") -> InboxRow:
@@ -80,6 +80,23 @@ async def test_concurrent_appends_are_group_committed(store: SQLiteStore) -> Non
     assert results == [1] * 300
     assert store.writer.stats.commits - before < 300
     assert len(await store.inbox_message_ids("web")) == 300
+
+
+async def test_appends_of_one_loop_pass_reach_the_writer_together(store: SQLiteStore) -> None:
+    # Submitted without yielding to the loop in between: one hand-over to the writer thread
+    # at the end of the pass, hence one group and one commit, whatever the thread's timing
+    # (with the switch interval `serve` sets, the thread would otherwise take the GIL and
+    # commit part of them while the rest are being submitted).
+    interval = sys.getswitchinterval()
+    share_gil_with_store_threads()
+    try:
+        for _ in range(5):
+            before = store.writer.stats.commits
+            futures = [store.append_inbox([row(f"p{before}-{i}")]) for i in range(300)]
+            assert await asyncio.gather(*futures) == [1] * 300
+            assert store.writer.stats.commits - before == 1
+    finally:
+        sys.setswitchinterval(interval)
 
 
 async def test_a_failing_job_does_not_undo_its_group(store: SQLiteStore) -> None:

@@ -27,8 +27,8 @@ def guarded(
 ) -> Handler:
     """The handler, never raising: errors become JSON answers. `answered` is told the
     status of every answer (tracklayerd.metrics counts ingest answers with it)."""
-    if getattr(handler, GUARDED, False):
-        return handler
+    if answered is None and getattr(handler, GUARDED, False):
+        return handler  # install() meets handlers guarded with a callback already
 
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
